@@ -1,0 +1,338 @@
+"""The one module that touches Ultralytics internals.
+
+What it does to ``ultralytics.nn.tasks`` (all reversible by :func:`unregister`, nothing on disk is edited):
+
+1. Puts each registered block class into the module namespace, where ``parse_model`` resolves YAML names
+   (``globals()[m]``). Names Ultralytics already defines are never replaced: a collision is an error.
+2. Binds the name ``frozenset`` in that namespace to :class:`_SetHook`. ``parse_model`` builds its local
+   ``base_modules`` / ``repeat_modules`` sets with ``frozenset({...})`` (Ultralytics >= 8.3.65); a module-level name
+   shadows the builtin, so the hook adds our classes to the set that holds ``Conv`` and ``C2f`` (c1 injected, c2
+   width-scaled) and, for repeating blocks, to the one that holds ``C2f`` but not ``Conv`` (n passed as third
+   argument). Every other call returns exactly what the builtin returns. The previous binding is kept and chained,
+   so another plugin doing the same still works.
+3. Wraps ``parse_model`` to check YAML rows first (an unknown name gets the row and the closest registered names)
+   and to re-raise a block's ``ValueError`` / ``TypeError`` with the row index, the row and the block.
+4. Wraps ``check_yaml`` so ``YOLO("yolov8n-bot.yaml")`` finds the copy packaged with yolo_attn from any directory.
+5. Adds our classes (and the timm layers they hold) to ``torch.serialization``'s safe globals, so checkpoints load
+   under ``ULTRALYTICS_SAFE_LOAD=1``.
+
+After patching, a one-row probe model is built and checked; if the semantics did not take effect (a future
+Ultralytics changed ``parse_model``), everything is undone and :class:`IntegrationError` names the version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import inspect
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from yolo_attn import registry
+
+__all__ = ["register", "unregister", "registered", "is_registered", "IntegrationError", "cfg_dir", "PLUGINS_ENV"]
+
+LOGGER = logging.getLogger("yolo_attn")
+PLUGINS_ENV = "YOLO_ATTN_PLUGINS"  # comma-separated modules imported before registering (third-party blocks)
+_LOCK = threading.RLock()
+_STATE: dict = {"installed": False, "names": {}, "orig": {}, "hook": None}
+
+
+class IntegrationError(RuntimeError):
+    """Ultralytics did not take the registration (unsupported version or a changed ``parse_model``)."""
+
+
+def _tasks():
+    return importlib.import_module("ultralytics.nn.tasks")
+
+
+def ultralytics_version() -> str:
+    mod = sys.modules.get("ultralytics")
+    version = getattr(mod, "__version__", None)
+    if version is None:
+        from importlib.metadata import version as dist_version
+
+        version = dist_version("ultralytics")
+    return version
+
+
+def cfg_dir() -> Path:
+    """Folder of the model YAMLs shipped with yolo_attn (wheel: ``yolo_attn/cfg``; source checkout: ``cfg/``)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "cfg"
+    return packaged if packaged.is_dir() else here.parent / "cfg"
+
+
+class _SetHook:
+    """Stands in for ``frozenset`` inside ``ultralytics.nn.tasks``; see the module docstring."""
+
+    def __init__(self, prev):
+        self.prev = prev  # builtin frozenset or an earlier hook: chained, never dropped
+        self.active = True
+
+    def __call__(self, *args):
+        s = self.prev(*args)
+        if not (self.active and args):
+            return s
+        tasks = _tasks()
+        conv, c2f = getattr(tasks, "Conv", None), getattr(tasks, "C2f", None)
+        if c2f is None or c2f not in s:
+            return s
+        specs = registry.specs()
+        if conv in s:  # base_modules: (c1, width-scaled c2, *args)
+            return s | {sp.cls for sp in specs}
+        return s | {sp.cls for sp in specs if sp.repeats}  # repeat_modules: n as the third argument
+
+
+def _yaml_rows(d: dict) -> list:
+    return list(d.get("backbone") or []) + list(d.get("head") or [])
+
+
+def _where(d: dict) -> str:
+    return f"model YAML {d.get('yaml_file', '<dict>')}"
+
+
+def _check_rows(d: dict) -> None:
+    """Fail early, with the row, on a module name ``parse_model`` cannot resolve."""
+    ns = vars(_tasks())
+    for i, row in enumerate(_yaml_rows(d)):
+        if not (isinstance(row, (list, tuple)) and len(row) == 4):
+            raise ValueError(f"{_where(d)}: row {i} {row!r} must be [from, repeats, module, args]")
+        m = row[2]
+        if not isinstance(m, str) or m.startswith(("nn.", "torchvision.ops.")) or m in ns:
+            continue
+        ours = registry.block_names()
+        theirs = [k for k, v in ns.items() if isinstance(v, type) and not k.startswith("_")]
+        hint = registry.closest(m, ours + theirs)
+        raise ValueError(
+            f"{_where(d)}: row {i} {row!r}: unknown block {m!r}."
+            + (f" Did you mean {' or '.join(hint)}?" if hint else "")
+            + f" Blocks registered by yolo_attn: {', '.join(ours) or 'none'}."
+            + ("" if _STATE["installed"] else " (yolo_attn is not registered: call yolo_attn.register())")
+        )
+
+
+def _failing_row(tb, code) -> int | None:
+    """Row index ``i`` of the ``parse_model`` frame in a traceback (None if not found)."""
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            i = tb.tb_frame.f_locals.get("i")
+            return i if isinstance(i, int) else None
+        tb = tb.tb_next
+    return None
+
+
+def _wrap_parse_model(orig):
+    @functools.wraps(orig)
+    def parse_model(d, ch, verbose=True):
+        _check_rows(d)
+        try:
+            return orig(d, ch, verbose)
+        except (ValueError, TypeError) as e:
+            i = _failing_row(e.__traceback__, orig.__code__)
+            rows = _yaml_rows(d)
+            if i is None or i >= len(rows) or getattr(e, "_yolo_attn_row", False):
+                raise
+            name = rows[i][2]
+            err = type(e)(f"{_where(d)}: row {i} {rows[i]!r}: {name}: {e}")
+            err._yolo_attn_row = True
+            raise err from e
+
+    parse_model._yolo_attn_orig = orig
+    return parse_model
+
+
+def _wrap_check_yaml(orig):
+    @functools.wraps(orig)
+    def check_yaml(file="", suffix=(".yaml", ".yml"), hard=True):
+        with contextlib.suppress(Exception):
+            found = orig(file, suffix=suffix, hard=False)
+            if found:
+                return found
+        packaged = cfg_dir() / Path(str(file)).name
+        if packaged.is_file():
+            return str(packaged)
+        return orig(file, suffix=suffix, hard=hard)
+
+    check_yaml._yolo_attn_orig = orig
+    return check_yaml
+
+
+def _safe_globals() -> list[type]:
+    """Our block classes and every nn.Module class our block modules name (timm layers such as DropPath)."""
+    import torch
+
+    import yolo_attn.nn as ynn
+
+    found = {sp.cls for sp in registry.specs()}
+    for modname in ("bot", "dat", "coat", "common"):
+        mod = sys.modules.get(f"{ynn.__name__}.{modname}")
+        for obj in vars(mod).values() if mod else ():
+            if inspect.isclass(obj) and issubclass(obj, torch.nn.Module) and not obj.__module__.startswith("torch."):
+                found.add(obj)
+    return sorted(found, key=lambda c: (c.__module__, c.__qualname__))
+
+
+def _import_plugins() -> None:
+    import yolo_attn.nn  # noqa: F401  (registers the package's blocks)
+
+    for name in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
+        importlib.import_module(name)
+
+
+def _inject_names(tasks) -> None:
+    ns = vars(tasks)
+    for sp in registry.specs():
+        current = ns.get(sp.name)
+        if current is sp.cls:
+            _STATE["names"][sp.name] = sp.cls
+            continue
+        if current is not None and _STATE["names"].get(sp.name) is not current:
+            raise IntegrationError(
+                f"block name {sp.name!r} is already defined by Ultralytics {ultralytics_version()} "
+                f"({getattr(current, '__module__', '?')}); yolo_attn never replaces it. Register the block under "
+                "another name."
+            )
+        setattr(tasks, sp.name, sp.cls)
+        _STATE["names"][sp.name] = sp.cls
+    for name in [n for n in _STATE["names"] if n not in {sp.name for sp in registry.specs()}]:
+        if ns.get(name) is _STATE["names"][name]:  # unregistered since the last call
+            delattr(tasks, name)
+        del _STATE["names"][name]
+
+
+class _Probe:  # built lazily (needs torch); see _probe()
+    pass
+
+
+def _probe(tasks) -> None:
+    """Build a two-row model and check our blocks got (c1, scaled c2, n) exactly as C2f/Conv would."""
+    import torch
+
+    seen = []
+
+    class _YoloAttnProbeRep(torch.nn.Module):
+        def __init__(self, c1, c2, n=1):
+            super().__init__()
+            seen.append(("rep", c1, c2, n))
+            self.cv = torch.nn.Conv2d(c1, c2, 1)
+
+        def forward(self, x):
+            return self.cv(x)
+
+    class _YoloAttnProbeOne(_YoloAttnProbeRep):
+        def __init__(self, c1, c2):
+            super().__init__(c1, c2)
+            seen[-1] = ("one", c1, c2)
+
+    probes = [(_YoloAttnProbeRep, True), (_YoloAttnProbeOne, False)]
+    for cls, rep in probes:
+        registry.register_block(cls, repeats=rep)
+    try:
+        _inject_names(tasks)
+        d = {
+            "nc": 1,
+            "scales": {"p": [0.5, 0.5, 48]},
+            "scale": "p",
+            "backbone": [[-1, 4, "_YoloAttnProbeRep", [128]], [-1, 4, "_YoloAttnProbeOne", [16]]],
+            "head": [],
+            "yaml_file": "<yolo_attn probe>",
+        }
+        tasks.parse_model(d, ch=3, verbose=False)
+    except Exception as e:
+        raise IntegrationError(
+            f"yolo_attn could not register with Ultralytics {ultralytics_version()}: the probe model failed to build "
+            f"({type(e).__name__}: {e}). Supported: ultralytics>=8.3.65,<8.5."
+        ) from e
+    finally:
+        for cls, _ in probes:
+            registry.unregister_block(cls.__name__)
+        _inject_names(tasks)
+    # width 0.5, max_channels 48, depth 0.5: C2f semantics give c2 = make_divisible(min(128, 48) * 0.5, 8) = 24
+    # and n = round(4 * 0.5) = 2 passed as argument; a non-repeating block is stacked twice with (24, 8).
+    expected = [("rep", 3, 24, 2), ("one", 24, 8), ("one", 24, 8)]
+    if seen != expected:
+        raise IntegrationError(
+            f"yolo_attn could not register with Ultralytics {ultralytics_version()}: parse_model did not apply the "
+            f"built-in row semantics to a probe block (got constructor calls {seen}, expected {expected}). "
+            "Supported: ultralytics>=8.3.65,<8.5."
+        )
+
+
+def register(verbose: bool = False) -> None:
+    """Make every registered block usable in Ultralytics model YAMLs. Idempotent; undo with :func:`unregister`.
+
+    Raises:
+        IntegrationError: Ultralytics did not take the registration; nothing is left patched.
+    """
+    with _LOCK:
+        _import_plugins()
+        tasks = _tasks()
+        fresh = not _STATE["installed"]
+        try:
+            if fresh:
+                prev = vars(tasks).get("frozenset", frozenset)
+                hook = _SetHook(prev)
+                _STATE["hook"] = hook
+                _STATE["orig"] = {"parse_model": tasks.parse_model, "check_yaml": tasks.check_yaml, "frozenset": prev}
+                tasks.frozenset = hook
+                tasks.parse_model = _wrap_parse_model(tasks.parse_model)
+                tasks.check_yaml = _wrap_check_yaml(tasks.check_yaml)
+                _STATE["installed"] = True
+            _inject_names(tasks)
+            if fresh:
+                _probe(tasks)
+        except Exception:
+            unregister()
+            raise
+        import torch
+
+        if hasattr(torch.serialization, "add_safe_globals"):
+            torch.serialization.add_safe_globals(_safe_globals())
+        if verbose:
+            LOGGER.info(f"yolo_attn: registered {', '.join(registry.block_names())}")
+
+
+def unregister() -> None:
+    """Undo :func:`register`: remove injected names and restore the patched functions."""
+    with _LOCK:
+        if not _STATE["installed"]:
+            return
+        tasks = _tasks()
+        for name, cls in list(_STATE["names"].items()):
+            if vars(tasks).get(name) is cls:
+                delattr(tasks, name)
+        _STATE["names"].clear()
+        hook, orig = _STATE["hook"], _STATE["orig"]
+        if vars(tasks).get("frozenset") is hook:
+            if orig["frozenset"] is frozenset:
+                del tasks.frozenset
+            else:
+                tasks.frozenset = orig["frozenset"]
+        else:  # someone chained on top of us: stay in the chain as a pass-through
+            hook.active = False
+        for attr in ("parse_model", "check_yaml"):
+            if getattr(getattr(tasks, attr), "_yolo_attn_orig", None) is orig[attr]:
+                setattr(tasks, attr, orig[attr])
+        _STATE.update(installed=False, hook=None, orig={})
+
+
+def is_registered() -> bool:
+    return _STATE["installed"]
+
+
+@contextlib.contextmanager
+def registered() -> Iterator[None]:
+    """``with registered(): ...`` registers for the block and restores the previous state after."""
+    was = is_registered()
+    register()
+    try:
+        yield
+    finally:
+        if not was:
+            unregister()

@@ -1,0 +1,3 @@
+"""Placeholder: filled in by the bot block issue."""
+
+__all__: list[str] = []
