@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The README's test command. Works on a fresh machine with Python 3.9+ and pip:
+#   1. creates .venv (first run downloads torch & co, a few minutes) and installs yolo_attn editable with [dev];
+#   2. runs the test suite (fast tests; `-m slow` ones need minutes or ../shared/data and are skipped by default);
+#   3. runs the registration-contract tests again against the OLDEST supported Ultralytics (8.3.65), installed
+#      without dependencies into .venv-ul8.3.65 and put first on PYTHONPATH (it reuses the venv's torch).
+# Extra arguments go to the main pytest run, e.g. `bash scripts/test.sh -k bot -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false PIP_DISABLE_PIP_VERSION_CHECK=1 MPLBACKEND=Agg
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q -e ".[dev]"
+
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+
+OLD=8.3.65
+if [ "${YOLO_ATTN_SKIP_OLD:-0}" != "1" ]; then
+  if [ ! -f ".venv-ul$OLD/ultralytics/__init__.py" ]; then
+    # 8.3.65 also reads results with pandas (8.4 does not); pandas' own deps are already in the venv.
+    .venv/bin/python -m pip install -q --no-deps --target ".venv-ul$OLD" "ultralytics==$OLD" pandas pytz
+  fi
+  echo "=== registration contract against ultralytics $OLD ==="
+  PYTHONPATH="$PWD/.venv-ul$OLD" .venv/bin/python -m pytest -q -m contract tests/test_integration.py || status=$?
+fi
+exit $status
