@@ -53,7 +53,10 @@ def registered():
 def subprocess_env(**extra) -> dict:
     """Environment for child processes: offline, tests importable, nothing slow at start-up."""
     env = dict(os.environ)
-    env.update(YOLO_OFFLINE="1", YOLO_AUTOINSTALL="false", PYTHONPATH=os.pathsep.join(
-        [str(TESTS), *filter(None, [env.get("PYTHONPATH")])]))
+    env.update(
+        YOLO_OFFLINE="1",
+        YOLO_AUTOINSTALL="false",
+        PYTHONPATH=os.pathsep.join([str(TESTS), *filter(None, [env.get("PYTHONPATH")])]),
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -3,7 +3,6 @@
 Marked ``contract``: scripts/test.sh runs this file against the oldest supported Ultralytics too.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import ROOT, subprocess_env
 
 import yolo_attn
 from yolo_attn import integration, registry
-from conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.contract
 
@@ -73,7 +72,10 @@ def test_row_semantics_match_builtin_blocks(fresh):
     for scale, (depth, width, max_ch) in SCALES.items():
         m = _build(_detect_yaml(), scale)
         csp, sc, csp2, sc2 = m.model[2], m.model[4], m.model[6], m.model[8]
-        c = lambda v: make_divisible(min(v, max_ch) * width, 8)  # noqa: E731
+
+        def c(v, width=width, max_ch=max_ch):
+            return make_divisible(min(v, max_ch) * width, 8)
+
         assert (csp.c1, csp.c2, csp.n) == (c(128), c(128), max(round(3 * depth), 1)), scale
         assert (csp2.c1, csp2.c2, csp2.n) == (c(512), c(512), max(round(2 * depth), 1)), scale
         assert (sc.c1, sc.c2, sc.gain) == (c(256), c(256), 1.0)
@@ -270,19 +272,42 @@ def test_stock_cli_train_then_val_in_fresh_processes(shapes_data, tmp_path):
     cfg = tmp_path / "yolov8-contract.yaml"
     cfg.write_text(yaml.safe_dump(_detect_yaml()))
     r = _yolo(
-        "train", f"model={cfg}", f"data={shapes_data}", "imgsz=64", "epochs=1", "batch=4", "workers=0",
-        "device=cpu", "amp=False", "plots=False", f"project={tmp_path / 'runs'}", "name=contract", "exist_ok=True",
+        "train",
+        f"model={cfg}",
+        f"data={shapes_data}",
+        "imgsz=64",
+        "epochs=1",
+        "batch=4",
+        "workers=0",
+        "device=cpu",
+        "amp=False",
+        "plots=False",
+        f"project={tmp_path / 'runs'}",
+        "name=contract",
+        "exist_ok=True",
         YOLO_ATTN_PLUGINS="contract_blocks",
     )
     best = tmp_path / "runs" / "contract" / "weights" / "best.pt"
     assert r.returncode == 0 and best.is_file(), r.stdout[-3000:] + r.stderr[-3000:]
     for safe in ("0", "1"):
-        v = _yolo("val", f"model={best}", f"data={shapes_data}", "imgsz=64", "batch=4", "workers=0", "device=cpu",
-                  "plots=False", f"project={tmp_path / 'val'}", YOLO_ATTN_PLUGINS="contract_blocks",
-                  ULTRALYTICS_SAFE_LOAD=safe, YOLO_VERBOSE="true")
+        v = _yolo(
+            "val",
+            f"model={best}",
+            f"data={shapes_data}",
+            "imgsz=64",
+            "batch=4",
+            "workers=0",
+            "device=cpu",
+            "plots=False",
+            f"project={tmp_path / 'val'}",
+            YOLO_ATTN_PLUGINS="contract_blocks",
+            ULTRALYTICS_SAFE_LOAD=safe,
+            YOLO_VERBOSE="true",
+        )
         assert v.returncode == 0 and "all" in v.stdout + v.stderr, (safe, v.stdout[-3000:], v.stderr[-3000:])
     py = _run(
         f"from ultralytics import YOLO; m = YOLO(r'{best}'); print('TYPE', type(m.model.model[2]).__name__)",
-        YOLO_ATTN_PLUGINS="contract_blocks", ULTRALYTICS_SAFE_LOAD="1",
+        YOLO_ATTN_PLUGINS="contract_blocks",
+        ULTRALYTICS_SAFE_LOAD="1",
     )
     assert "TYPE ContractCSP" in py.stdout, py.stderr[-3000:]

@@ -19,8 +19,11 @@ __all__ = ["__version__", "register", "unregister", "registered", "register_bloc
 
 def __getattr__(name):
     # Blocks resolve lazily (``yolo_attn.BoT3``) so that ``import yolo_attn`` stays cheap until a block is needed.
-    import yolo_attn.nn as _nn
+    if name.startswith("_") or name == "nn":  # let `import yolo_attn.nn` resolve through sys.modules while importing
+        raise AttributeError(f"module 'yolo_attn' has no attribute {name!r}")
+    import importlib
 
+    _nn = importlib.import_module("yolo_attn.nn")
     if name in _nn.__all__:
         return getattr(_nn, name)
     raise AttributeError(f"module 'yolo_attn' has no attribute {name!r}")

@@ -12,8 +12,10 @@ What it does to ``ultralytics.nn.tasks`` (all reversible by :func:`unregister`, 
    so another plugin doing the same still works.
 3. Wraps ``parse_model`` to check YAML rows first (an unknown name gets the row and the closest registered names)
    and to re-raise a block's ``ValueError`` / ``TypeError`` with the row index, the row and the block.
-4. Wraps ``check_yaml`` so ``YOLO("yolov8n-bot.yaml")`` finds the copy packaged with yolo_attn from any directory.
-5. Adds our classes (and the timm layers they hold) to ``torch.serialization``'s safe globals, so checkpoints load
+4. Wraps ``BaseModel.load`` so baseline checkpoints load into variants through the recorded index map
+   (:mod:`yolo_attn.transfer`), wherever users pass weights (``.load()``, ``pretrained=``).
+5. Wraps ``check_yaml`` so ``YOLO("yolov8n-bot.yaml")`` finds the copy packaged with yolo_attn from any directory.
+6. Adds our classes (and the timm layers they hold) to ``torch.serialization``'s safe globals, so checkpoints load
    under ``ULTRALYTICS_SAFE_LOAD=1``.
 
 After patching, a one-row probe model is built and checked; if the semantics did not take effect (a future
@@ -35,7 +37,18 @@ from pathlib import Path
 
 from yolo_attn import registry
 
-__all__ = ["register", "unregister", "registered", "is_registered", "IntegrationError", "cfg_dir", "PLUGINS_ENV"]
+__all__ = [
+    "register",
+    "unregister",
+    "registered",
+    "is_registered",
+    "IntegrationError",
+    "cfg_dir",
+    "PLUGINS_ENV",
+    "install_transfer_hook",
+    "uninstall_transfer_hook",
+    "transfer_hook_installed",
+]
 
 LOGGER = logging.getLogger("yolo_attn")
 PLUGINS_ENV = "YOLO_ATTN_PLUGINS"  # comma-separated modules imported before registering (third-party blocks)
@@ -130,6 +143,8 @@ def _failing_row(tb, code) -> int | None:
 def _wrap_parse_model(orig):
     @functools.wraps(orig)
     def parse_model(d, ch, verbose=True):
+        with _LOCK:  # blocks registered after register() (e.g. a module still importing then) become visible here
+            _inject_names(_tasks())
         _check_rows(d)
         try:
             return orig(d, ch, verbose)
@@ -287,6 +302,7 @@ def register(verbose: bool = False) -> None:
             _inject_names(tasks)
             if fresh:
                 _probe(tasks)
+                install_transfer_hook()
         except Exception:
             unregister()
             raise
@@ -316,6 +332,7 @@ def unregister() -> None:
                 tasks.frozenset = orig["frozenset"]
         else:  # someone chained on top of us: stay in the chain as a pass-through
             hook.active = False
+        uninstall_transfer_hook()
         for attr in ("parse_model", "check_yaml"):
             if getattr(getattr(tasks, attr), "_yolo_attn_orig", None) is orig[attr]:
                 setattr(tasks, attr, orig[attr])
@@ -336,3 +353,50 @@ def registered() -> Iterator[None]:
     finally:
         if not was:
             unregister()
+
+
+# --- weight transfer: BaseModel.load re-indexes its input first --------------------------------------------------
+# Every way users pass pretrained weights ends in ``BaseModel.load(weights)``: ``YOLO(variant).load("yolov8n.pt")``,
+# ``yolo train model=<variant>.yaml pretrained=yolov8n.pt`` and ``model.train(pretrained=...)`` (8.3.65 and 8.4
+# alike). When the model being loaded into carries a ``yolo_attn`` record (or the checkpoint does), the weights first
+# pass through :func:`yolo_attn.transfer.reindex_weights`; Ultralytics' own name-and-shape match then runs as usual.
+# Models without a record are untouched.
+_TRANSFER = {"active": False}
+
+
+def _base_model():
+    return _tasks().BaseModel
+
+
+def install_transfer_hook() -> None:
+    """Wrap ``BaseModel.load`` (idempotent)."""
+    cls = _base_model()
+    current = cls.__dict__["load"]
+    _TRANSFER["active"] = True
+    if getattr(current, "_yolo_attn_orig", None) is not None:
+        return
+
+    @functools.wraps(current)
+    def load(self, weights, *args, **kwargs):
+        if _TRANSFER["active"]:
+            from yolo_attn.transfer import reindex_weights
+
+            verbose = kwargs.get("verbose", args[0] if args else True)
+            weights = reindex_weights(weights, self, verbose=verbose)
+        return current(self, weights, *args, **kwargs)
+
+    load._yolo_attn_orig = current
+    cls.load = load
+
+
+def uninstall_transfer_hook() -> None:
+    """Restore ``BaseModel.load`` (when someone wrapped it after us, our wrapper stays as a pass-through)."""
+    _TRANSFER["active"] = False
+    cls = _base_model()
+    orig = getattr(cls.__dict__["load"], "_yolo_attn_orig", None)
+    if orig is not None:
+        cls.load = orig
+
+
+def transfer_hook_installed() -> bool:
+    return _TRANSFER["active"] and getattr(_base_model().__dict__["load"], "_yolo_attn_orig", None) is not None

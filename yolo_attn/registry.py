@@ -20,7 +20,16 @@ import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["BlockSpec", "register_block", "unregister_block", "get_spec", "specs", "block_names", "closest", "temporary"]
+__all__ = [
+    "BlockSpec",
+    "register_block",
+    "unregister_block",
+    "get_spec",
+    "specs",
+    "block_names",
+    "closest",
+    "temporary",
+]
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,11 @@ def register_block(
     def wrap(c: type) -> type:
         key = name or c.__name__
         old = _REGISTRY.get(key)
-        if old is not None and not force and (old.cls.__module__, old.cls.__qualname__) != (c.__module__, c.__qualname__):
+        if (
+            old is not None
+            and not force
+            and (old.cls.__module__, old.cls.__qualname__) != (c.__module__, c.__qualname__)
+        ):
             raise ValueError(
                 f"block name {key!r} is already registered to {old.cls.__module__}.{old.cls.__qualname__}; "
                 "pass force=True to replace it"

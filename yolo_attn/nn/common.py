@@ -30,7 +30,9 @@ def rel_index(n: int, max_rel: int, device: torch.device | str | None = None) ->
     return (pos[None, :] - pos[:, None]).clamp(-max_rel, max_rel) + max_rel
 
 
-def check_heads(block: str, channels: int, num_heads: int | None = None, dim_head: int | None = None) -> tuple[int, int]:
+def check_heads(
+    block: str, channels: int, num_heads: int | None = None, dim_head: int | None = None
+) -> tuple[int, int]:
     """Resolve ``(num_heads, dim_head)`` for ``channels`` and raise a ``ValueError`` that says what would work."""
     if num_heads is None and dim_head is None:
         raise ValueError(f"{block}: give num_heads or dim_head")

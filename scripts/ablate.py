@@ -1,0 +1,22 @@
+#!/usr/bin/env python
+"""Ablation across insertion points: train a plan of runs into a resumable results store (same as ``yolo-attn ablate``).
+
+Re-running the same command skips finished runs and redoes interrupted ones; failed runs are recorded with their
+error. Training overrides are Ultralytics ``key=value`` pairs, passed to ``model.train()``.
+
+Examples:
+    python scripts/ablate.py --data data/shapes.yaml --blocks bot dat coat --positions sppf_before neck \\
+        --seeds 0 1 --out out/ablate epochs=5 imgsz=128 batch=8 workers=0 --report
+    python scripts/ablate.py --data ../shared/data/coco128.yaml --pretrained ../shared/data/weights/yolov8n.pt \\
+        --out out/coco128 epochs=3 imgsz=320 --devices 0 1
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a fresh clone without installing
+
+from yolo_attn.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["ablate", *sys.argv[1:]]))

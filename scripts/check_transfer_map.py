@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""mAP right after transfer, before any training: every inserted (function-preserving) YOLOv8n variant vs yolov8n.
+
+For the baseline checkpoint and each generated variant cfg/yolov8-<family>-<position>.yaml with an *inserted*
+block (sppf_before, sppf_after, neck, head), the variant is built at scale n, loaded with
+``YOLO(variant).load(weights)`` (the index-map transfer) and validated on the dataset with the same settings as the
+baseline. Inserted blocks start as the identity, so mAP50-95 must equal the baseline's within ``--tol``
+(exit code 1 otherwise). Needs ../shared/data (weights and coco128); slow on CPU (about a minute per model).
+
+Examples:
+    python scripts/check_transfer_map.py
+    python scripts/check_transfer_map.py --families dat --positions sppf_before --batch 4 --json out/map.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+INSERTED = ("sppf_before", "sppf_after", "neck", "head")
+
+
+def _val(model, a) -> dict:
+    m = model.val(data=a.data, imgsz=a.imgsz, batch=a.batch, device=a.device, plots=False, verbose=False, workers=0)
+    return {"mAP50": float(m.box.map50), "mAP50-95": float(m.box.map)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", default=str(SHARED / "weights" / "yolov8n.pt"))
+    p.add_argument("--data", default=str(SHARED / "coco128.yaml"))
+    p.add_argument("--families", nargs="+", default=["bot", "dat", "coat"])
+    p.add_argument("--positions", nargs="+", default=list(INSERTED))
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tol", type=float, default=0.002, help="largest allowed |mAP50-95 - baseline|")
+    p.add_argument("--json", default=None, help="also write the results here")
+    a = p.parse_args(argv)
+    for need in (a.weights, a.data):
+        if not Path(need).is_file():
+            print(f"missing {need}: this check needs the shared weights and dataset", file=sys.stderr)
+            return 2
+
+    from ultralytics import YOLO
+
+    import yolo_attn
+    from yolo_attn import integration
+
+    yolo_attn.register()
+    integration.install_transfer_hook()  # idempotent; integration.register() installs it too once wired
+    rows = []
+    t = time.time()
+    base = _val(YOLO(a.weights), a)
+    rows.append({"model": Path(a.weights).name, **base, "delta": 0.0, "seconds": round(time.time() - t, 1)})
+    print(f"baseline {Path(a.weights).name}: mAP50 {base['mAP50']:.4f} mAP50-95 {base['mAP50-95']:.4f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for fam in a.families:
+            for pos in a.positions:
+                src = ROOT / "cfg" / f"yolov8-{fam}-{pos}.yaml"
+                cfg = Path(tmp) / f"yolov8n-{fam}-{pos}.yaml"  # the 'n' in the name selects scale n
+                shutil.copy(src, cfg)
+                t = time.time()
+                r = _val(YOLO(str(cfg)).load(a.weights), a)
+                delta = r["mAP50-95"] - base["mAP50-95"]
+                rows.append({"model": src.name, **r, "delta": delta, "seconds": round(time.time() - t, 1)})
+                print(f"{src.name}: mAP50 {r['mAP50']:.4f} mAP50-95 {r['mAP50-95']:.4f} delta {delta:+.4f}", flush=True)
+    print("\n| model | mAP50 | mAP50-95 | delta mAP50-95 | val s |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['mAP50']:.4f} | {r['mAP50-95']:.4f} | {r['delta']:+.4f} | {r['seconds']} |")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    bad = [r["model"] for r in rows if abs(r["delta"]) > a.tol]
+    print(
+        f"\n{'FAIL' if bad else 'OK'}: {len(rows) - 1} variants, max |delta| "
+        f"{max(abs(r['delta']) for r in rows):.4f} (tolerance {a.tol})" + (f"; over: {', '.join(bad)}" if bad else "")
+    )
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""Latency and peak memory of a block or a whole model, on CPU and on CUDA, with one code path.
+
+What is measured (the same definitions for blocks and for models):
+
+- ``ms``: the median wall time of one step over ``iters`` timed steps, after ``warmup`` untimed steps. A step is a
+  forward pass, or a forward plus ``backward()`` of the summed outputs when ``backward=True`` (gradients are reset to
+  ``None`` first, so their allocation is part of every step). On CUDA each step is bracketed by
+  ``torch.cuda.synchronize()``. ``ms_min`` is the fastest step (a noise-free lower bound on a shared machine).
+- ``peak_mb``: the peak of memory allocated *during* one extra (untimed) step, above what was allocated just before
+  it, so parameters and the input tensor are excluded while activations, autograd buffers, kernel workspaces and the
+  gradients are included. On CUDA this is ``torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()``
+  (after ``reset_peak_memory_stats``). On CPU there is no allocator statistic, so the step runs under
+  ``torch.profiler`` with ``profile_memory=True`` and the allocator's ``[memory]`` events (every allocation and free
+  of the CPU caching-free allocator, op-internal workspaces included) are summed in time order; the peak of that
+  running sum is the figure. If the profiler cannot run (another profiler is active), a ``TorchDispatchMode`` tracker
+  that sees the storages of op outputs is used instead (it misses op-internal workspaces, so it reads a little low);
+  ``mem_method`` in the result says which one produced the number.
+
+Examples:
+    >>> import torch
+    >>> from yolo_attn.bench import bench_block
+    >>> r = bench_block(torch.nn.Conv2d(8, 8, 3, padding=1), (1, 8, 32, 32), iters=3)
+    >>> sorted(r)[:3]
+    ['device', 'iters', 'mem_method']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import statistics
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FAMILIES",
+    "bench_block",
+    "bench_model",
+    "bench_table",
+    "collect_cases",
+    "format_table",
+    "peak_memory_mb",
+    "resolve_device",
+]
+
+#: Block families whose helpers publish ``bench_cases()`` in ``yolo_attn/nn/<family>_bench.py``.
+FAMILIES = ("bot", "dat", "coat")
+
+LOGGER = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | int | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when present else CPU; ``0`` / ``"0"`` -> ``cuda:0`` (Ultralytics style)."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, int) or (isinstance(device, str) and device.isdigit()):
+        return torch.device(f"cuda:{int(device)}")
+    return torch.device(device)
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    """Every floating tensor in a nested output (Ultralytics heads return lists, tuples and dicts)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def _make_step(module: nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], None]:
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def step() -> None:
+        if backward:
+            for p in params:
+                p.grad = None
+            outs = _tensors(module(x))
+            if not outs:
+                raise ValueError(f"{type(module).__name__} returned no floating tensor to backpropagate through")
+            sum(o.float().sum() for o in outs).backward()
+        else:
+            with torch.no_grad():
+                module(x)
+
+    return step
+
+
+@contextlib.contextmanager
+def _quiet_stderr_fd() -> Any:
+    """Silence fd 2 (kineto prints start/stop lines from C++ that Python cannot intercept); Python errors still raise."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _cpu_peak_profiler(step: Callable[[], None]) -> float:
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr_fd():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        if str(e.device_type()).endswith("CPU"):  # DeviceType.CPU
+            current += e.nbytes()
+            peak = max(peak, current)
+    return peak
+
+
+class _StorageTracker:
+    """Fallback CPU tracker: live bytes of op-output storages, freed through weakref callbacks on the storage."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                        tracker.add(t.untyped_storage())
+                return out
+
+        self.mode = _Mode()
+        self.current = self.peak = 0
+        self.live: set[int] = set()
+
+    def add(self, storage: torch.UntypedStorage) -> None:
+        key, n = storage.data_ptr(), storage.nbytes()
+        if n == 0 or key in self.live:
+            return
+        self.live.add(key)
+        self.current += n
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self.free, key, n)
+
+    def free(self, key: int, n: int) -> None:
+        if key in self.live:
+            self.live.discard(key)
+            self.current -= n
+
+
+def _cpu_peak_dispatch(step: Callable[[], None]) -> float:
+    tracker = _StorageTracker()
+    with tracker.mode:
+        step()
+    return tracker.peak
+
+
+def peak_memory_mb(step: Callable[[], None], device: torch.device | str = "cpu") -> tuple[float, str]:
+    """Run ``step`` once and return (peak MB allocated during it above the starting level, method name)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, "cuda_max_allocated"
+    if device.type != "cpu":
+        return float("nan"), "unsupported"
+    try:
+        return _cpu_peak_profiler(step) / 2**20, "profiler"
+    except RuntimeError as e:  # e.g. "Can't profile while another profiler is running"
+        LOGGER.debug("profiler memory measure unavailable (%s); using the dispatch tracker", e)
+        return _cpu_peak_dispatch(step) / 2**20, "dispatch"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_block(
+    module: nn.Module,
+    input_shape: Sequence[int],
+    backward: bool = True,
+    warmup: int = 2,
+    iters: int = 5,
+    device: str | torch.device = "cpu",
+    memory: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
+    """Median step latency and peak step memory of ``module`` on a random input of ``input_shape``.
+
+    The module runs in training mode when ``backward`` (a training step) and in eval mode otherwise (inference);
+    its original mode is restored afterwards. See the module docstring for exactly what is measured.
+
+    Args:
+        module: Any ``nn.Module`` taking one tensor; its outputs may be nested lists/tuples/dicts of tensors.
+        input_shape: ``(B, C, H, W)`` (any shape the module accepts).
+        backward: Time forward + backward of the summed outputs instead of a no-grad forward.
+        warmup: Untimed steps first (allocator warm-up, lazy init, cuDNN autotune).
+        iters: Timed steps; the median is reported.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``0`` ... (``"auto"`` picks CUDA when present).
+        memory: Also measure peak memory (one extra step).
+        dtype: Input and module dtype.
+
+    Returns:
+        ``{"shape", "device", "mode", "ms", "ms_min", "peak_mb", "mem_method", "params", "iters"}``.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    dev = resolve_device(device)
+    was_training = module.training
+    module = module.to(dev, dtype).train(backward)
+    x = torch.randn(*input_shape, device=dev, dtype=dtype)
+    step = _make_step(module, x, backward)
+    try:
+        for _ in range(max(warmup, 0)):
+            step()
+        times = []
+        for _ in range(iters):
+            _sync(dev)
+            t0 = time.perf_counter()
+            step()
+            _sync(dev)
+            times.append((time.perf_counter() - t0) * 1e3)
+        peak, method = peak_memory_mb(step, dev) if memory else (float("nan"), "off")
+    finally:
+        for p in module.parameters():
+            p.grad = None
+        module.train(was_training)
+    return {
+        "shape": list(input_shape),
+        "device": str(dev),
+        "mode": "fwd+bwd" if backward else "fwd",
+        "ms": statistics.median(times),
+        "ms_min": min(times),
+        "peak_mb": peak,
+        "mem_method": method,
+        "params": sum(p.numel() for p in module.parameters()),
+        "iters": iters,
+    }
+
+
+def bench_model(
+    model: nn.Module,
+    imgsz: int | Sequence[int] = 640,
+    batches: Iterable[int] = (1, 8),
+    device: str | torch.device = "cpu",
+    warmup: int = 2,
+    iters: int = 5,
+    channels: int = 3,
+) -> dict:
+    """Inference latency and peak memory of a detection model at several batch sizes (forward only, eval mode).
+
+    Accepts an Ultralytics ``YOLO`` wrapper or its ``DetectionModel``. Returns flat keys ready for a results store:
+    ``{"latency_ms_b1", "peak_mb_b1", "latency_ms_b8", "peak_mb_b8", "bench_device", "bench_imgsz"}``.
+    """
+    net = _unwrap(model)
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
+    out: dict[str, Any] = {"bench_device": str(resolve_device(device)), "bench_imgsz": [h, w]}
+    for b in batches:
+        r = bench_block(net, (b, channels, h, w), backward=False, warmup=warmup, iters=iters, device=device)
+        out[f"latency_ms_b{b}"] = r["ms"]
+        out[f"peak_mb_b{b}"] = r["peak_mb"]
+    return out
+
+
+def _unwrap(model: Any) -> nn.Module:
+    """The ``DetectionModel`` inside an Ultralytics ``YOLO`` wrapper; any other module unchanged."""
+    from ultralytics.engine.model import Model
+
+    net = model.model if isinstance(model, Model) else model
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"expected an nn.Module or an Ultralytics YOLO object, got {type(model).__name__}")
+    return net
+
+
+def bench_table(
+    cases: Iterable[dict],
+    backward: bool = True,
+    warmup: int = 2,
+    iters: int = 5,
+    device: str | torch.device = "cpu",
+    flops: bool = True,
+) -> list[dict]:
+    """Benchmark every case ``{"name", "make": () -> nn.Module, "shape": (B, C, H, W)}``.
+
+    A case may also carry ``"family"`` and ``"note"`` (copied to the row) and its own ``"backward"``. A case that
+    fails to build or run gives a row with an ``"error"`` text instead of stopping the table. With ``flops=True`` the
+    forward GFLOPs at the case's shape (counted by :func:`yolo_attn.flops.count_flops`, attention included) are added.
+    """
+    rows = []
+    for case in cases:
+        row: dict[str, Any] = {k: case[k] for k in ("name", "family", "note") if k in case}
+        row["shape"] = list(case["shape"])
+        try:
+            module = case["make"]()
+            row.update(
+                bench_block(
+                    module,
+                    case["shape"],
+                    backward=case.get("backward", backward),
+                    warmup=warmup,
+                    iters=iters,
+                    device=device,
+                )
+            )
+            if flops:
+                from yolo_attn.flops import count_flops
+
+                row["gflops"] = count_flops(module, case["shape"], device=device)["gflops"]
+        except Exception as e:  # one broken case must not hide the others
+            row["error"] = f"{type(e).__name__}: {e}"
+            LOGGER.warning("bench case %s failed: %s", case.get("name"), row["error"])
+        rows.append(row)
+    return rows
+
+
+def collect_cases(families: Iterable[str] | None = None) -> list[dict]:
+    """Gather ``bench_cases()`` from ``yolo_attn.nn.<family>_bench`` for each family; missing modules are skipped.
+
+    Each case gets a ``"family"`` key when it has none.
+    """
+    import importlib
+
+    cases = []
+    for fam in families or FAMILIES:
+        try:
+            mod = importlib.import_module(f"yolo_attn.nn.{fam}_bench")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith(f"yolo_attn.nn.{fam}_bench"):
+                LOGGER.info("no yolo_attn.nn.%s_bench module yet; skipping family %s", fam, fam)
+                continue
+            raise
+        for case in mod.bench_cases():
+            cases.append({"family": fam, **case})
+    return cases
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "-"
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    if isinstance(v, (list, tuple)):
+        return "x".join(str(i) for i in v)
+    return str(v)
+
+
+_COLUMNS = [
+    ("family", "family"),
+    ("name", "block"),
+    ("shape", "input"),
+    ("mode", "step"),
+    ("params", "params"),
+    ("gflops", "GFLOPs"),
+    ("ms", "median ms"),
+    ("ms_min", "min ms"),
+    ("peak_mb", "peak MB"),
+    ("device", "device"),
+    ("error", "error"),
+]
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]] | None = None) -> str:
+    """A Markdown table of ``rows`` (``bench_table`` output by default); columns nobody filled are dropped."""
+    cols = [c for c in (columns or _COLUMNS) if any(c[0] in r for r in rows)]
+    if not cols:
+        return ""
+    cells = [[_fmt(r.get(k, "")) for k, _ in cols] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(cols)]
+    numeric = [all(_is_num(r.get(k)) for r in rows if k in r) for k, _ in cols]
+
+    def line(vals: Sequence[str]) -> str:
+        return "| " + " | ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+    return "\n".join([line([h for _, h in cols]), sep, *(line(c) for c in cells)])
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -1,0 +1,272 @@
+"""``yolo-attn`` console script: ``ablate``, ``report``, ``demo``, ``bench``, ``flops``, ``insert``, ``generate``, ``info``.
+
+Every sub-command is a thin wrapper over a library function; ``scripts/*.py`` call :func:`main` the same way.
+
+Examples:
+    yolo-attn demo                                   # the README's main job (generated data, CPU, < 10 min)
+    yolo-attn ablate --data shapes.yaml --blocks bot dat --positions sppf_before neck --seeds 0 1 epochs=3 imgsz=128
+    yolo-attn report out/ablate
+    yolo-attn flops cfg/yolov8-dat-sppf_before.yaml --imgsz 640
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+# --------------------------------------------------------------------------------------------------- bench
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from yolo_attn.bench import bench_table, collect_cases, format_table
+
+    cases = collect_cases(a.family)
+    if a.name:
+        cases = [c for c in cases if any(n.lower() in c["name"].lower() for n in a.name)]
+    if not cases:
+        print("no bench cases found (are yolo_attn/nn/<family>_bench.py written?)", file=sys.stderr)
+        return 1
+    rows = bench_table(
+        cases, backward=not a.forward_only, warmup=a.warmup, iters=a.iters, device=a.device, flops=not a.no_flops
+    )
+    print(format_table(rows))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+# --------------------------------------------------------------------------------------------------- flops
+def _cmd_flops(a: argparse.Namespace) -> int:
+    from ultralytics import YOLO
+
+    import yolo_attn
+    from yolo_attn.flops import model_flops
+
+    yolo_attn.register()
+    imgsz = a.imgsz[0] if len(a.imgsz) == 1 else a.imgsz
+    for m in a.model:
+        r = model_flops(YOLO(m), imgsz)
+        ops = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["gflops_by_op"].items(), key=lambda kv: -kv[1]))
+        ul = r["gflops_ultralytics"]
+        print(
+            f"{m} @ {imgsz}: {r['gflops']:.2f} GFLOPs counted ({ops}); Ultralytics: {ul if ul is None else f'{ul:.2f}'}"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- ablate
+def _settings(a: argparse.Namespace) -> dict:
+    return {
+        "flops_imgsz": a.flops_imgsz,
+        "bench_imgsz": a.bench_imgsz,
+        "bench_batch": a.bench_batch,
+        "bench_iters": a.bench_iters,
+        "bench_warmup": a.bench_warmup,
+    }
+
+
+def _cmd_ablate(a: argparse.Namespace) -> int:
+    from yolo_attn.sweep import make_plan, parse_overrides, run_sweep
+
+    train = parse_overrides(a.overrides)
+    block_args = {}
+    for item in a.block_args or []:
+        import yaml
+
+        name, _, val = item.partition(":")
+        v = yaml.safe_load(val) if val else []
+        block_args[name] = v if isinstance(v, list) else [v]
+    plan = make_plan(
+        a.data,
+        bases=a.base if a.base is not None else ([] if a.models else ["yolov8n.yaml"]),
+        blocks=a.blocks,
+        positions=a.positions,
+        seeds=a.seeds,
+        train=train,
+        pretrained=a.pretrained,
+        baseline=not a.no_baseline,
+        block_args=block_args,
+        models=a.models or [],
+    )
+    if a.plan_only:
+        for i, r in enumerate(plan, 1):
+            print(f"{i:3d}/{len(plan)} {r.key} {r.name} seed={r.seed}{' (baseline)' if r.baseline else ''}")
+        return 0
+    devices = [d for chunk in a.devices for d in chunk.split(";") if d] if a.devices else None
+    recs = run_sweep(plan, a.out, devices=devices, retry_failed=a.retry_failed, settings=_settings(a))
+    failed = [r for r in recs if r.get("status") != "done"]
+    print(
+        f"{len(recs) - len(failed)}/{len(plan)} runs done, {len(failed)} failed; store: {Path(a.out) / 'results.jsonl'}"
+    )
+    if a.report:
+        from yolo_attn.report import write_report
+
+        paths = write_report(a.out)
+        print(f"report: {paths['markdown']}")
+    return 1 if failed and a.strict else 0
+
+
+# --------------------------------------------------------------------------------------------------- report
+def _cmd_report(a: argparse.Namespace) -> int:
+    from yolo_attn.report import write_report
+
+    paths = write_report(a.store, out=a.out, title=a.title)
+    print(f"markdown: {paths['markdown']}\ncsv: {paths['csv']}")
+    for q in paths["plots"]:
+        print(f"plot: {q}")
+    if a.print:
+        print(Path(paths["markdown"]).read_text())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- demo
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from yolo_attn.sweep import run_demo
+
+    paths = run_demo(a.out, epochs=a.epochs, imgsz=a.imgsz, n_train=a.n_train, n_val=a.n_val, devices=a.devices)
+    print(Path(paths["markdown"]).read_text())
+    print(f"\nreport: {paths['markdown']}  csv: {paths['csv']}  plots: {', '.join(map(str, paths['plots']))}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- info
+def _cmd_info(a: argparse.Namespace) -> int:
+    import yolo_attn
+    from yolo_attn import registry
+    from yolo_attn.sweep import versions
+
+    yolo_attn.register()
+    for k, v in versions().items():
+        print(f"{k:12s} {v}")
+    print("blocks:")
+    for sp in registry.specs():
+        if sp.name.startswith("_"):
+            continue
+        print(f"  {sp.name:12s} family={sp.family} role={sp.role} repeats={sp.repeats} ({sp.cls.__module__})")
+    from yolo_attn.edit import FAMILIES, POSITIONS
+
+    print(f"positions: {', '.join(POSITIONS)} (neck_p3/neck_p4/neck_p5 for one level)")
+    print(f"families: {', '.join(FAMILIES)}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- parser
+def _add_measure_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("measurements (not part of a run's key)")
+    g.add_argument("--flops-imgsz", type=int, default=640, help="GFLOPs (ours and Ultralytics') at this size")
+    g.add_argument("--bench-imgsz", type=int, default=None, help="latency/memory input size (default: train imgsz)")
+    g.add_argument("--bench-batch", type=int, default=8, help="larger batch timed next to batch 1")
+    g.add_argument("--bench-iters", type=int, default=5, help="timed forward passes (median reported)")
+    g.add_argument("--bench-warmup", type=int, default=2, help="untimed forward passes first")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="yolo-attn",
+        description="yolo_attn: attention blocks for Ultralytics YOLO, and the tools to measure what they cost and give.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="command")
+
+    s = sub.add_parser("ablate", help="train a plan of base x block x position x seed runs into a resumable store")
+    s.add_argument("overrides", nargs="*", help="Ultralytics training overrides, key=value (epochs=3 imgsz=320 ...)")
+    s.add_argument("--data", required=True, help="dataset YAML")
+    s.add_argument("--out", default="runs/yolo_attn/ablate", help="output folder (store, runs, report)")
+    s.add_argument("--base", nargs="+", default=None, help="base models (default yolov8n.yaml)")
+    s.add_argument("--blocks", nargs="*", default=["bot", "dat", "coat"], help="families or block names")
+    s.add_argument("--positions", nargs="*", default=["sppf_before"], help="insertion points (edit.POSITIONS)")
+    s.add_argument("--seeds", nargs="+", type=int, default=[0])
+    s.add_argument(
+        "--models", nargs="+", default=None, help="model YAMLs trained as they are (first = baseline when no --base)"
+    )
+    s.add_argument(
+        "--block-args",
+        nargs="*",
+        default=None,
+        metavar="BLOCK:[ARGS]",
+        help="extra block arguments after c2, e.g. dat:[8] (a YAML list)",
+    )
+    s.add_argument("--pretrained", default=None, help="weights transferred into every run (e.g. yolov8n.pt)")
+    s.add_argument("--no-baseline", action="store_true", help="leave the unmodified base out")
+    s.add_argument("--devices", nargs="+", default=None, help="one run per device at a time: cpu | 0 | 0 1 | cpu cpu")
+    s.add_argument("--retry-failed", action="store_true", help="redo runs recorded as failed")
+    s.add_argument("--plan-only", action="store_true", help="print the plan (keys, names) and exit")
+    s.add_argument("--report", action="store_true", help="write the report when the sweep ends")
+    s.add_argument("--strict", action="store_true", help="exit 1 when a run failed")
+    _add_measure_args(s)
+    s.set_defaults(func=_cmd_ablate)
+
+    r = sub.add_parser("report", help="Markdown + CSV tables and PNG plots from a results store")
+    r.add_argument("store", help="sweep output folder or its results.jsonl")
+    r.add_argument("--out", default=None, help="report folder (default: <store folder>/report)")
+    r.add_argument("--title", default=None)
+    r.add_argument("--print", action="store_true", help="print the Markdown report")
+    r.set_defaults(func=_cmd_report)
+
+    d = sub.add_parser("demo", help="the README main job: baseline + BoT/DAT/CoAt on generated data, CPU, report")
+    d.add_argument("--out", default="out/demo", help="output folder; the report is <out>/report.md")
+    d.add_argument("--epochs", type=int, default=None, help="default: the demo's own")
+    d.add_argument("--imgsz", type=int, default=None)
+    d.add_argument("--n-train", type=int, default=None)
+    d.add_argument("--n-val", type=int, default=None)
+    d.add_argument("--devices", nargs="+", default=None)
+    d.set_defaults(func=_cmd_demo)
+
+    b = sub.add_parser("bench", help="latency / peak memory / GFLOPs of the blocks' bench cases")
+    b.add_argument("--family", nargs="+", default=None, help="bot, dat, coat (default: all)")
+    b.add_argument("--name", nargs="+", default=None, help="only cases whose name contains one of these")
+    b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, 0, auto")
+    b.add_argument("--iters", type=int, default=5, help="timed steps (median reported)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    b.add_argument("--forward-only", action="store_true", help="time inference (no_grad forward) instead of fwd+bwd")
+    b.add_argument("--no-flops", action="store_true", help="skip the GFLOPs column")
+    b.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    b.set_defaults(func=_cmd_bench)
+
+    f = sub.add_parser("flops", help="GFLOPs at the real size (attention included) next to Ultralytics' figure")
+    f.add_argument("model", nargs="+", help="model YAMLs or .pt files")
+    f.add_argument("--imgsz", type=int, nargs="+", default=[640], help="640 or H W")
+    f.set_defaults(func=_cmd_flops)
+
+    try:
+        from yolo_attn.edit import add_cli
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        add_cli(sub)
+
+    i = sub.add_parser("info", help="versions, registered blocks, positions")
+    i.set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``yolo-attn`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = []
+    if "ablate" in argv:  # key=value tokens are training overrides wherever they stand (after --blocks ... too)
+        cut = argv.index("ablate") + 1
+        overrides = [t for t in argv[cut:] if re.match(r"^[A-Za-z_]\w*=", t)]
+        argv = argv[:cut] + [t for t in argv[cut:] if not re.match(r"^[A-Za-z_]\w*=", t)]
+    args = _parser().parse_args(argv)
+    if overrides:
+        args.overrides = overrides + list(args.overrides)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # user errors: one line, not a traceback
+        if args.verbose:
+            raise
+        print(f"yolo-attn {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
