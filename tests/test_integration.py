@@ -222,6 +222,27 @@ def test_packaged_yaml_lookup_with_scale_letter(fresh, tmp_path, monkeypatch):
     assert m.model.model[4].c2 == 64  # 256 * 0.25
 
 
+def test_local_yaml_is_never_shadowed_by_packaged_copy(fresh, tmp_path, monkeypatch):
+    """A user's own yolov8n-contract.yaml / yolov8-contract.yaml wins over a packaged file of the same model name."""
+    from ultralytics import YOLO
+
+    pkg = tmp_path / "pkgcfg"
+    pkg.mkdir()
+    (pkg / "yolov8-contract.yaml").write_text(yaml.safe_dump(_detect_yaml()))
+    local = _detect_yaml()
+    local["backbone"][8] = [-1, 1, "ContractScale", [1024, 0.25]]
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(integration, "cfg_dir", lambda: pkg)
+    monkeypatch.chdir(work)
+    yolo_attn.register()
+    for name in ("yolov8n-contract.yaml", "yolov8-contract.yaml"):
+        (work / name).write_text(yaml.safe_dump(local))
+        assert YOLO(name).model.model[8].gain == 0.25, name
+        (work / name).unlink()
+    assert YOLO("yolov8n-contract.yaml").model.model[8].gain == 0.5  # no local file: the packaged copy
+
+
 def test_repo_cfg_lookup_from_any_directory(tmp_path, monkeypatch, registered):
     files = sorted(integration.cfg_dir().glob("yolov8-*.yaml"))
     if not files:

@@ -194,21 +194,15 @@ def test_kill_mid_sweep_then_resume(tmp_path, shapes_data):
 
 
 @pytest.mark.slow
-def test_fan_out_one_run_per_device(tmp_path, shapes_data):
+def test_fan_out_one_run_per_device(tmp_path, shapes_data, monkeypatch):
     """Two device slots (cpu, cpu): runs execute in parallel worker processes and land in one store."""
     out = tmp_path / "sweep"
     plan = make_plan(shapes_data, bases=[], blocks=[], models=["yolov8n.yaml", _variant(tmp_path)], train=TRAIN)
-    os.environ["YOLO_ATTN_PLUGINS"] = "contract_blocks"  # inherited by the workers (tests/ is on sys.path there?)
-    try:
-        env_pp = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), *filter(None, [env_pp])])
-        recs = run_sweep(plan, out, devices=["cpu", "cpu"], settings=FAST)
-    finally:
-        os.environ.pop("YOLO_ATTN_PLUGINS", None)
-        if env_pp is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = env_pp
+    monkeypatch.setenv("YOLO_ATTN_PLUGINS", "contract_blocks")  # the workers load the test block too
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    )
+    recs = run_sweep(plan, out, devices=["cpu", "cpu"], settings=FAST)
     assert [r["status"] for r in recs] == ["done", "done"], [r.get("error") for r in recs]
     pids = {r["pid"] for r in recs}
     assert len(pids) == 2 and os.getpid() not in pids

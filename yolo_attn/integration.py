@@ -30,6 +30,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -169,9 +170,14 @@ def _wrap_check_yaml(orig):
             found = orig(file, suffix=suffix, hard=False)
             if found:
                 return found
-        packaged = cfg_dir() / Path(str(file)).name
-        if packaged.is_file():
-            return str(packaged)
+        # Only the final (hard) lookup falls back to our packaged copies, so a user's local file always wins whatever
+        # order Ultralytics tries the scaled and unscaled names in (8.4: "yolov8n-x" first; 8.3.65: "yolov8-x" first).
+        if hard:
+            name = Path(str(file)).name
+            for candidate in (name, re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", name)):
+                packaged = cfg_dir() / candidate
+                if packaged.is_file():
+                    return str(packaged)
         return orig(file, suffix=suffix, hard=hard)
 
     check_yaml._yolo_attn_orig = orig

@@ -393,24 +393,24 @@ def plot_delta_by_position(summary: Sequence[Mapping], path: Path, title: str = 
         return None
     positions = list(dict.fromkeys(r["position"] or r["config"] for r in rows))
     families = list(dict.fromkeys(r["family"] for r in rows))
-    width = 0.8 / max(len(families), 1)
     fig = _figure(max(6.0, 1.6 * len(positions) + 2), 4.8)
     ax = fig.add_subplot(111)
     extra: dict = {}
     labelled: set = set()
-    for j, fam in enumerate(families):
-        c = _color(fam, extra)
-        for i, pos in enumerate(positions):
-            rs = [r for r in rows if r["family"] == fam and (r["position"] or r["config"]) == pos]
-            if not rs:
-                continue
-            r = rs[0]
+    for i, pos in enumerate(positions):
+        here = sorted(
+            (r for r in rows if (r["position"] or r["config"]) == pos), key=lambda r: families.index(r["family"])
+        )
+        width = 0.8 / len(here)
+        for j, r in enumerate(here):
+            fam = r["family"]
             x = i - 0.4 + width * (j + 0.5)
             vals = r["d_map50_95_all"]
             lo, hi = min(vals), max(vals)
-            ax.bar(x, r["d_map50_95"], width * 0.9, color=c, alpha=0.75, label=None if fam in labelled else fam)
+            label = None if fam in labelled else (fam or "other")
+            ax.bar(x, r["d_map50_95"], width * 0.9, color=_color(fam, extra), alpha=0.75, label=label)
             labelled.add(fam)
-            if len(vals) > 1:
+            if len(vals) > 1:  # spread across seeds: min-max whisker, each seed a dot
                 ax.errorbar(
                     x,
                     r["d_map50_95"],
@@ -421,6 +421,10 @@ def plot_delta_by_position(summary: Sequence[Mapping], path: Path, title: str = 
                     lw=1,
                 )
             ax.scatter([x] * len(vals), vals, color="black", s=10, zorder=3)
+            if sum(q["family"] == fam for q in here) > 1:  # same family twice here: different args, say which
+                ax.annotate(
+                    r["config"], (x, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=6, rotation=90
+                )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(positions)))
     ax.set_xticklabels(positions, rotation=0)

@@ -397,6 +397,16 @@ def _metrics(metrics: Any, trainer: Any) -> dict:
     return out
 
 
+def _blocks_in(d: Mapping) -> dict:
+    """Block names and family of the registered blocks a hand-written model YAML uses (no ``yolo_attn`` record)."""
+    from yolo_attn import registry
+
+    fam = {sp.name: sp.family for sp in registry.specs() if sp.family}
+    names = [r[2] for r in [*(d.get("backbone") or []), *(d.get("head") or [])] if len(r) > 2 and r[2] in fam]
+    names = list(dict.fromkeys(names))
+    return {"block": "+".join(names), "family": fam[names[0]]} if names else {}
+
+
 def _variant_yaml(run: Run, out: Path) -> tuple[str, dict]:
     from yolo_attn.edit import make_variant, save_variant
 
@@ -474,7 +484,8 @@ def execute(run: Run, out: str | os.PathLike, device: str = "cpu", settings: Map
             model_path, record = _variant_yaml(run, out)
             rec.update(family=record.get("family"), block=record.get("block"), inserted=record.get("inserted"))
         else:  # a YAML named directly may itself be a generated variant: report its block and position
-            record = (_model_dict(model_path) or {}).get("yolo_attn") or {}
+            d = _model_dict(model_path) or {}
+            record = d.get("yolo_attn") or _blocks_in(d)
             rec.update({k: record[k] for k in ("block", "family", "position", "inserted") if record.get(k)})
         rec["model_yaml"] = model_path
         if run.pretrained:
