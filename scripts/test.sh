@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command. Works on a fresh machine with Python 3.9+ and pip:
 #   1. creates .venv (first run downloads torch & co, a few minutes) and installs yolo_attn editable with [dev];
-#   2. runs the test suite (fast tests; `-m slow` ones need minutes or ../shared/data and are skipped by default);
+#   2. runs ruff and the test suite (fast tests; `-m slow` ones need minutes or ../shared/data and are skipped by default);
 #   3. runs the registration-contract and weight-transfer tests again against the OLDEST supported Ultralytics (8.3.65), installed
 #      without dependencies into .venv-ul8.3.65 and put first on PYTHONPATH (it reuses the venv's torch).
 # Extra arguments go to the main pytest run, e.g. `bash scripts/test.sh -k bot -x`.
@@ -14,6 +14,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[dev]"
 
 status=0
+.venv/bin/ruff check . || status=$?
 .venv/bin/python -m pytest "$@" || status=$?
 
 OLD=8.3.65
