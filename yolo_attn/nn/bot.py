@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ultralytics.nn.modules import Classify, Conv
 
-from yolo_attn.nn.common import attend, check_heads, rel_index
+from yolo_attn.nn.common import AttnCSP, attend, check_heads, rel_index
 from yolo_attn.registry import register_block
 
 __all__ = ["MHSA", "BoTBottleneck", "BoT", "BoT3", "BoTStage", "Classifier", "set_mhsa_path", "MHSA_PATHS"]
@@ -425,7 +425,7 @@ class BoT(nn.Module):
 
 
 @register_block(repeats=True, family="bot", role="csp")
-class BoT3(nn.Module):
+class BoT3(AttnCSP):
     """CSP block with ``n`` Bottleneck Transformer blocks (the YOLOv5 community "BoT3", wired correctly).
 
     ``y = cv3(cat(m(cv1(x)), cv2(x)))`` with ``cv1``, ``cv2``: ``Conv(c1, c_, 1)``, ``cv3``: ``Conv(2 c_, c2, 1)``
@@ -452,13 +452,8 @@ class BoT3(nn.Module):
         _check_int("BoT3", "n", n, 1)
         c_ = _hidden("BoT3", c2, e)
         check_heads(f"BoT3(c2={c2}, e={e})", c_, num_heads=heads)
-        self.cv1 = Conv(c1, c_, 1)
-        self.cv2 = Conv(c1, c_, 1)
-        self.cv3 = Conv(2 * c_, c2, 1)
-        self.m = nn.Sequential(*(BoTBottleneck(c_, c_, 1, 1.0, heads, max_rel, out_act=False) for _ in range(n)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+        m = nn.Sequential(*(BoTBottleneck(c_, c_, 1, 1.0, heads, max_rel, out_act=False) for _ in range(n)))
+        self._build(c1, c2, c_, m)
 
 
 @register_block(repeats=True, family="bot", role="layer")

@@ -39,7 +39,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from ultralytics.nn.modules import Conv
 
-from yolo_attn.nn.common import attend, rel_index
+from yolo_attn.nn.common import AttnCSP, attend, rel_index
 from yolo_attn.registry import register_block
 
 __all__ = ["MBConv", "CoAt", "CoAt3", "CoAtBlock", "CoAtAttention", "coat_rel_bias"]
@@ -481,7 +481,7 @@ class CoAt(nn.Module):
 
 
 @register_block(repeats=True, family="coat", role="csp")
-class CoAt3(nn.Module):
+class CoAt3(AttnCSP):
     """CSP block with CoAtNet transformer bottlenecks (the C3/BoT3 layout): replaces a backbone C2f / C3k2.
 
     ``cv3(cat(CoAt(cv1(x)), cv2(x)))`` with 1x1 Ultralytics ``Conv`` branches of width ``c_ = int(c2 * e)`` and ``n``
@@ -522,10 +522,4 @@ class CoAt3(nn.Module):
         c_ = int(c2 * e)
         _resolve_heads("CoAt3", c_, dim_head, what="int(c2 * e)")
         self.c1, self.c2, self.n = c1, c2, n
-        self.cv1 = Conv(c1, c_, 1)
-        self.cv2 = Conv(c1, c_, 1)
-        self.m = CoAt(c_, c_, n, 1, dim_head, mlp_ratio, max_rel, drop_path, fused)
-        self.cv3 = Conv(2 * c_, c2, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), dim=1))
+        self._build(c1, c2, c_, CoAt(c_, c_, n, 1, dim_head, mlp_ratio, max_rel, drop_path, fused))

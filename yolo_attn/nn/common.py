@@ -14,8 +14,9 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["rel_index", "attend", "attention_reference", "check_heads", "sdpa_backends"]
+__all__ = ["rel_index", "attend", "attention_reference", "check_heads", "sdpa_backends", "AttnCSP"]
 
 
 def rel_index(n: int, max_rel: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -116,3 +117,21 @@ def attend(
             ctx = sdpa_kernel(backends)
     with ctx:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+class AttnCSP(nn.Module):
+    """The C3 layout shared by BoT3, DAT3 and CoAt3: ``cv3(cat(m(cv1(x)), cv2(x)))`` with 1x1 Ultralytics ``Conv``.
+
+    Subclasses validate their arguments, then call :meth:`_build` with the hidden width and their attention stack.
+    """
+
+    def _build(self, c1: int, c2: int, c_: int, m: nn.Module) -> None:
+        from ultralytics.nn.modules import Conv
+
+        self.cv1 = Conv(c1, c_, 1)
+        self.cv2 = Conv(c1, c_, 1)
+        self.cv3 = Conv(2 * c_, c2, 1)
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))

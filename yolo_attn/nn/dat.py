@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 from ultralytics.nn.modules import Conv
 
-from yolo_attn.nn.common import attend, check_heads
+from yolo_attn.nn.common import AttnCSP, attend, check_heads
 from yolo_attn.registry import register_block
 
 __all__ = ["DAttention", "DATLayer", "DATBlock", "DAT3", "LEVELS", "POS_BIAS", "GRID_SAMPLE_MIN_OPSET"]
@@ -428,7 +428,7 @@ class DATBlock(nn.Module):
 
 
 @register_block(repeats=True, family="dat", role="csp")
-class DAT3(nn.Module):
+class DAT3(AttnCSP):
     """CSP block with ``n`` DAT++ layers on the hidden branch (the C3/BoT3 form); replaces a C2f/C3k2.
 
     ``cv3(cat(m(cv1(x)), cv2(x)))`` with 1x1 ``Conv`` layers and ``c_ = int(c2 * e)`` hidden channels.
@@ -469,11 +469,6 @@ class DAT3(nn.Module):
                 f"{name}: e={e!r} must be a ratio in (0, 1] leaving at least one hidden channel of c2={c2}"
             )
         c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1)
-        self.cv2 = Conv(c1, c_, 1)
-        self.cv3 = Conv(2 * c_, c2, 1)
         kw = dict(num_heads=num_heads, groups=groups)
-        self.m = nn.Sequential(*(DATLayer(c_, level, mlp_ratio, drop_path, zero_init=False, **kw) for _ in range(n)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+        m = nn.Sequential(*(DATLayer(c_, level, mlp_ratio, drop_path, zero_init=False, **kw) for _ in range(n)))
+        self._build(c1, c2, c_, m)
