@@ -6,12 +6,7 @@
 #      without dependencies into .venv-ul8.3.65 and put first on PYTHONPATH (it reuses the venv's torch).
 # Extra arguments go to the main pytest run, e.g. `bash scripts/test.sh -k bot -x`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false PIP_DISABLE_PIP_VERSION_CHECK=1 MPLBACKEND=Agg
-
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q -e ".[dev]"
+source "$(dirname "$0")/env.sh"
 
 status=0
 .venv/bin/ruff check . || status=$?

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import assert_onnx_matches
 from torch import nn
 
 from yolo_attn.nn.bot import MHSA, BoT, BoT3, BoTBottleneck, BoTStage, set_mhsa_path
@@ -331,28 +332,8 @@ def test_pure_low_precision_cpu(dtype):
 
 
 def _onnx_roundtrip(model, export_hw, check_hws, tmp_path, c1):
-    import onnxruntime as ort
-
-    model = model.eval()
-    f = tmp_path / "m.onnx"
-    torch.onnx.export(
-        model,
-        torch.randn(1, c1, *export_hw),
-        str(f),
-        opset_version=17,
-        dynamo=False,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h", 3: "w"}},
-    )
-    sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
-    for b, hw in check_hws:
-        x = torch.randn(b, c1, *hw)
-        with torch.no_grad():
-            ref = model(x).numpy()
-        got = sess.run(None, {"x": x.numpy()})[0]
-        assert got.shape == ref.shape
-        assert abs(got - ref).max() < 1e-4, hw
+    inputs = [torch.randn(b, c1, *hw) for b, hw in check_hws]
+    assert_onnx_matches(model.eval(), torch.randn(1, c1, *export_hw), inputs, tmp_path / "m.onnx")
 
 
 @pytest.mark.parametrize("path", ["auto", "keyaug", "bias"])  # auto exports the bias path

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT, subprocess_env
+from helpers import val_rect_and_predict_640x480
 from torch import nn
 
 from yolo_attn.nn.bot import MHSA, BoT3, BoTBottleneck, BoTStage, Classifier
@@ -95,17 +96,7 @@ def _val_and_predict(best: Path, data: str) -> None:
     ckpt, _ = torch_safe_load(str(best), safe_only=True)  # ULTRALYTICS_SAFE_LOAD=1: weights_only + allow-list
     assert isinstance(_bot3(ckpt["model"]), BoT3)
     model = YOLO(str(best))
-    metrics = model.val(data=data, imgsz=64, batch=2, rect=True, workers=0, device="cpu", plots=False, verbose=False)
-    assert np.isfinite(metrics.box.map50)
-
-    seen = []
-    hook = _bot3(model).register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
-    try:
-        img = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-        res = model.predict(img, imgsz=640, device="cpu", verbose=False)
-    finally:
-        hook.remove()
-    assert res[0].orig_shape == (480, 640)
+    seen = val_rect_and_predict_640x480(model, _bot3(model), data)
     assert seen[-1] == (15, 20)  # rectangular letterbox: 640x480 -> P5 of 20x15, the odd size community code breaks on
 
 

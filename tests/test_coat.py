@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import assert_onnx_matches
 from torch import nn
 
 from yolo_attn.nn.coat import CoAt, CoAt3, CoAtAttention, CoAtBlock, MBConv, _RelBiasAttention, coat_rel_bias
@@ -311,7 +312,7 @@ def test_cuda_half_and_amp():
 
 
 def test_onnx_dynamic_hw(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     model = nn.Sequential(
         MBConv(8, 16, 2),
@@ -324,26 +325,8 @@ def test_onnx_dynamic_hw(tmp_path):
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 1.5)
-    model.eval()
-    f = tmp_path / "coat.onnx"
-    torch.onnx.export(
-        model,
-        torch.randn(1, 8, 40, 40),
-        str(f),
-        opset_version=17,
-        dynamo=False,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h", 3: "w"}},
-    )
-    sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
-    for shape in [(2, 8, 30, 48), (1, 8, 2, 12), (1, 8, 25, 31)]:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            want = model(x).numpy()
-        got = sess.run(None, {"x": x.numpy()})[0]
-        assert got.shape == want.shape
-        assert abs(got - want).max() < 1e-4, (shape, abs(got - want).max())
+    inputs = [torch.randn(*shape) for shape in [(2, 8, 30, 48), (1, 8, 2, 12), (1, 8, 25, 31)]]
+    assert_onnx_matches(model.eval(), torch.randn(1, 8, 40, 40), inputs, tmp_path / "coat.onnx")
 
 
 # ----------------------------------------------------------------------------------------------- API and errors

@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_onnx_matches, export_onnx
 
 from yolo_attn.nn.dat import DAT3, LEVELS, POS_BIAS, DATBlock, DATLayer, DAttention
 
@@ -331,22 +332,9 @@ def test_invalid_arguments_raise_value_error(make, match):
         make()
 
 
-def _export(m, path, x, opset=17):
-    torch.onnx.export(
-        m,
-        x,
-        str(path),
-        opset_version=opset,
-        dynamo=False,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h", 3: "w"}},
-    )
-
-
 @pytest.mark.parametrize("name", ["DAttention-P3", "DAttention-P3-axial", "DATBlock-proj"])
 def test_onnx_dynamic_hw_matches_onnxruntime(name, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     torch.manual_seed(0)
     m = _perturb(_makers()[name](), std=0.3).eval()
@@ -354,22 +342,14 @@ def test_onnx_dynamic_hw_matches_onnxruntime(name, tmp_path):
         for mod in m.modules():
             if isinstance(mod, DAttention):
                 mod.conv_offset[-1].weight.normal_(std=0.5)  # real deformation, not the reference grid
-    f = tmp_path / f"{name}.onnx"
-    _export(m, f, torch.randn(1, 32, 20, 20))
-    sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
-    for shape in [(2, 32, 15, 24), (1, 32, 1, 6), (1, 32, 37, 29)]:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            ref = m(x).numpy()
-        out = sess.run(None, {"x": x.numpy()})[0]
-        assert out.shape == ref.shape
-        assert abs(out - ref).max() < 1e-4, (shape, abs(out - ref).max())
+    inputs = [torch.randn(*shape) for shape in [(2, 32, 15, 24), (1, 32, 1, 6), (1, 32, 37, 29)]]
+    assert_onnx_matches(m, torch.randn(1, 32, 20, 20), inputs, tmp_path / f"{name}.onnx")
 
 
 def test_onnx_opset_below_16_is_refused(tmp_path):
     m = DATBlock(32, 32, 1, 3).eval()
     with pytest.raises(RuntimeError, match="GridSample needs opset 16.*opset 15"):
-        _export(m, tmp_path / "m15.onnx", torch.randn(1, 32, 16, 16), opset=15)
+        export_onnx(m, tmp_path / "m15.onnx", torch.randn(1, 32, 16, 16), opset=15)
 
 
 @pytest.mark.gpu

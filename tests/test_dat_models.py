@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, subprocess_env
+from helpers import val_rect_and_predict_640x480
 from torch import nn
 
 from yolo_attn.nn.dat import DATBlock, DAttention
@@ -87,17 +88,7 @@ def _val_predict_export(best: Path, data: str, tmp_path: Path) -> None:
 
     model = YOLO(str(best))
     assert isinstance(_dat(model), DATBlock)
-    metrics = model.val(data=data, imgsz=64, batch=2, rect=True, workers=0, device="cpu", plots=False, verbose=False)
-    assert np.isfinite(metrics.box.map50)
-
-    seen = []
-    hook = _dat(model).register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
-    try:
-        img = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-        res = model.predict(img, imgsz=640, device="cpu", verbose=False)
-    finally:
-        hook.remove()
-    assert res[0].orig_shape == (480, 640)
+    seen = val_rect_and_predict_640x480(model, _dat(model), data)
     assert seen[-1] == (15, 20)  # rectangular letterbox: P5 of 15x20, the odd size community code breaks on
 
     ort = pytest.importorskip("onnxruntime")

@@ -185,14 +185,11 @@ def _wrap_check_yaml(orig):
 
 
 def _safe_globals() -> list[type]:
-    """Our block classes and every nn.Module class our block modules name (timm layers such as DropPath)."""
+    """Registered block classes and every nn.Module class their modules name (inner layers, timm's DropPath...)."""
     import torch
 
-    import yolo_attn.nn as ynn
-
     found = {sp.cls for sp in registry.specs()}
-    for modname in ("bot", "dat", "coat", "common"):
-        mod = sys.modules.get(f"{ynn.__name__}.{modname}")
+    for mod in {sys.modules.get(c.__module__) for c in found}:
         for obj in vars(mod).values() if mod else ():
             if inspect.isclass(obj) and issubclass(obj, torch.nn.Module) and not obj.__module__.startswith("torch."):
                 found.add(obj)
@@ -225,10 +222,6 @@ def _inject_names(tasks) -> None:
         if ns.get(name) is _STATE["names"][name]:  # unregistered since the last call
             delattr(tasks, name)
         del _STATE["names"][name]
-
-
-class _Probe:  # built lazily (needs torch); see _probe()
-    pass
 
 
 def _probe(tasks) -> None:
