@@ -49,10 +49,13 @@ def _detect_yaml():
 @pytest.fixture
 def fresh():
     """Start and end each test unregistered, whatever the start-up hook did."""
-    was = integration.is_registered()
+    from ultralytics.nn.modules import Conv
+
+    was, act = integration.is_registered(), Conv.default_act
     integration.unregister()
     yield
     integration.unregister()
+    Conv.default_act = act  # Ultralytics < 8.4 leaks a YAML's `activation:` (YOLOv6) while we are unregistered
     if was:
         integration.register()
 
@@ -181,6 +184,20 @@ def test_every_shipped_detection_yaml_builds_unchanged(fresh):
     plain = signature()
     yolo_attn.register()
     assert signature() == plain
+
+
+def test_yaml_activation_stays_with_its_model(fresh):
+    """A YAML's ``activation:`` sets the act of that model only (Ultralytics < 8.4 leaked it process-wide)."""
+    from ultralytics.nn.modules import Conv
+
+    yolo_attn.register()
+    before = type(Conv.default_act)
+    relu = _build(dict(_detect_yaml(), activation="nn.ReLU()"))
+    assert isinstance(relu.model[0].act, torch.nn.ReLU)
+    assert isinstance(relu.model[2].cv1.act, torch.nn.ReLU)  # registered blocks follow the YAML's activation too
+    assert type(Conv.default_act) is before
+    plain = _build(_detect_yaml())
+    assert isinstance(plain.model[0].act, before) and not isinstance(plain.model[0].act, torch.nn.ReLU)
 
 
 def test_unknown_block_names_row_and_suggests(fresh):

@@ -11,7 +11,9 @@ What it does to ``ultralytics.nn.tasks`` (all reversible by :func:`unregister`, 
    argument). Every other call returns exactly what the builtin returns. The previous binding is kept and chained,
    so another plugin doing the same still works.
 3. Wraps ``parse_model`` to check YAML rows first (an unknown name gets the row and the closest registered names)
-   and to re-raise a block's ``ValueError`` / ``TypeError`` with the row index, the row and the block.
+   and to re-raise a block's ``ValueError`` / ``TypeError`` with the row index, the row and the block. It also puts
+   ``Conv.default_act`` back afterwards: before 8.4 a YAML's ``activation:`` (e.g. YOLOv6's ReLU) leaked into every
+   model built later in the process; newer Ultralytics restores it itself.
 4. Wraps ``BaseModel.load`` so baseline checkpoints load into variants through the recorded index map
    (:mod:`yolo_attn.transfer`), wherever users pass weights (``.load()``, ``pretrained=``).
 5. Wraps ``check_yaml`` so ``YOLO("yolov8n-bot.yaml")`` finds the copy packaged with yolo_attn from any directory.
@@ -147,6 +149,8 @@ def _wrap_parse_model(orig):
         with _LOCK:  # blocks registered after register() (e.g. a module still importing then) become visible here
             _inject_names(_tasks())
         _check_rows(d)
+        conv = getattr(_tasks(), "Conv", None)
+        default_act = getattr(conv, "default_act", None)
         try:
             return orig(d, ch, verbose)
         except (ValueError, TypeError) as e:
@@ -158,6 +162,9 @@ def _wrap_parse_model(orig):
             err = type(e)(f"{_where(d)}: row {i} {rows[i]!r}: {name}: {e}")
             err._yolo_attn_row = True
             raise err from e
+        finally:
+            if default_act is not None:
+                conv.default_act = default_act  # a YAML's ``activation:`` is that model's, not the process's
 
     parse_model._yolo_attn_orig = orig
     return parse_model
