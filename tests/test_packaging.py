@@ -1,0 +1,54 @@
+"""The built wheel (not the editable checkout): start-up hook at the site-packages root, model YAMLs inside.
+
+CI installs the project editable; this test builds the wheel users get from ``pip install .``, installs it into a
+private folder and starts an interpreter that sees only that copy (``-S``: no site-packages ``.pth`` files of the
+test environment run, so the editable install's hook cannot do the work for it).
+"""
+
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import pytest
+from conftest import ROOT, subprocess_env
+
+pytest.importorskip("hatchling", reason="building the wheel offline needs hatchling (in the [dev] extra)")
+
+CHECK = r"""
+import site, sys
+site.addsitedir(sys.argv[1])            # processes yolo_attn.pth, as a real site-packages would
+sys.path.append(sys.argv[2])            # the dependencies, without running their folder's .pth files
+import ultralytics.nn.tasks as tasks     # the start-up hook registers right after this module executes
+import yolo_attn
+assert yolo_attn.__file__.startswith(sys.argv[1]), yolo_attn.__file__
+from yolo_attn import integration
+assert integration.is_registered() and "BoT3" in vars(tasks)
+from ultralytics import YOLO
+net = YOLO("yolov8s-dat.yaml").model     # found inside the wheel from a folder without cfg/
+print("OK", type(net.model[9]).__name__, net.yaml["scale"], net.model[0].conv.out_channels)
+"""
+
+
+def test_wheel_registers_from_its_own_copy(tmp_path):
+    dist, site_dir, work = tmp_path / "dist", tmp_path / "site", tmp_path / "work"
+    work.mkdir()
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT)], check=True)
+    (wheel,) = dist.glob("yolo_attn-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"_yolo_attn_autoload.py", "yolo_attn.pth", "yolo_attn/cfg/yolov8-bot.yaml", "yolo_attn/nn/dat.py"} <= names
+    assert not any(n.startswith("tests/") for n in names)
+
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site_dir), str(wheel)], check=True)
+    deps = sysconfig.get_paths()["purelib"]
+    r = subprocess.run(
+        [sys.executable, "-S", "-c", CHECK, str(site_dir), deps],
+        cwd=work,
+        env=subprocess_env(YOLO_ATTN_AUTOLOAD="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-4:] == ["OK", "DATBlock", "s", "32"], r.stdout
