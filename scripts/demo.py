@@ -5,7 +5,8 @@ the comparison report (tables + plots). No download; under 10 minutes on 2 CPU c
 Re-running resumes: finished runs are kept, an interrupted one is redone.
 
 Examples:
-    python scripts/demo.py                      # writes runs/yolo_attn/demo/report/report.md
+    python scripts/demo.py                      # writes out/demo/report.md (+ results.csv, PNG plots)
+    python scripts/demo.py --seeds 0 1 2        # spread across seeds in the report (about 3x the time)
     python scripts/demo.py --out /tmp/demo --epochs 3
 """
 

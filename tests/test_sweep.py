@@ -113,6 +113,31 @@ def test_ablate_cli_plan(shapes_data, capsys):
     assert "did you mean epochs" in capsys.readouterr().err
 
 
+def test_demo_plan_recipe_and_seeds(tmp_path, monkeypatch):
+    """`yolo-attn demo --seeds 0 1`: baseline + the three default variants per seed, on generated data, with the
+    demo's recipe (mosaic off, see sweep.DEMO_TRAIN); the sweep and report are stubbed, nothing trains."""
+    import yolo_attn.report
+    import yolo_attn.sweep as sweep
+    from yolo_attn.cli import main
+
+    seen = {}
+    monkeypatch.setattr(sweep, "run_sweep", lambda plan, out, **kw: seen.update(plan=plan, out=Path(out)))
+    md = tmp_path / "stub.md"
+    md.write_text("stub report")
+    monkeypatch.setattr(yolo_attn.report, "write_report", lambda *a, **kw: {"markdown": md, "csv": md, "plots": []})
+    assert main(["demo", "--out", str(tmp_path), "--seeds", "0", "1", "--n-train", "4", "--n-val", "2"]) == 0
+    plan = seen["plan"]
+    assert [(r.name, r.seed) for r in plan] == [
+        (n, s) for s in (0, 1) for n in ("yolov8n", "yolov8n-bot", "yolov8n-dat", "yolov8n-coat")
+    ]
+    assert [r.baseline for r in plan] == [True, False, False, False] * 2
+    assert all(r.train["mosaic"] == 0 and r.train["epochs"] == 30 and r.train["imgsz"] == 64 for r in plan)
+    data = yaml.safe_load(Path(plan[0].data).read_text())
+    assert (
+        Path(plan[0].data).is_relative_to(tmp_path) and len(list((Path(data["path"]) / "images/train").iterdir())) == 4
+    )
+
+
 def test_store_torn_line_and_compact(tmp_path):
     store = ResultStore(tmp_path / STORE_NAME)
     store.append({"key": "a", "status": "done", "v": 1})

@@ -130,7 +130,9 @@ def _cmd_report(a: argparse.Namespace) -> int:
 def _cmd_demo(a: argparse.Namespace) -> int:
     from yolo_attn.sweep import run_demo
 
-    paths = run_demo(a.out, epochs=a.epochs, imgsz=a.imgsz, n_train=a.n_train, n_val=a.n_val, devices=a.devices)
+    paths = run_demo(
+        a.out, epochs=a.epochs, imgsz=a.imgsz, n_train=a.n_train, n_val=a.n_val, devices=a.devices, seeds=a.seeds
+    )
     print(Path(paths["markdown"]).read_text())
     print(f"\nreport: {paths['markdown']}  csv: {paths['csv']}  plots: {', '.join(map(str, paths['plots']))}")
     return 0
@@ -217,6 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--n-train", type=int, default=None)
     d.add_argument("--n-val", type=int, default=None)
     d.add_argument("--devices", nargs="+", default=None)
+    d.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run of every model per seed (spread)")
     d.set_defaults(func=_cmd_demo)
 
     b = sub.add_parser("bench", help="latency / peak memory / GFLOPs of the blocks' bench cases")
