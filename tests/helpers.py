@@ -10,6 +10,33 @@ import torch
 DYNAMIC_HW = {"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h", 3: "w"}}
 
 
+def ultralytics_at_least(major: int, minor: int) -> bool:
+    """The installed Ultralytics is ``major.minor`` or newer (the suite also runs against the oldest supported)."""
+    import ultralytics
+
+    return tuple(int(x) for x in ultralytics.__version__.split(".")[:2]) >= (major, minor)
+
+
+def skip_unless_ultralytics_onnx() -> None:
+    """Skip when Ultralytics' own ONNX exporter cannot run here, whatever the model.
+
+    Ultralytics before 8.4 calls ``torch.onnx.export`` without ``dynamo=False``; from torch 2.9 that default is the
+    dynamo exporter, which needs ``onnxscript`` (not a dependency of either). Our blocks' export is still tested on
+    every version through :func:`export_onnx`.
+    """
+    import importlib.util
+
+    import pytest
+
+    torch_new = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 9)
+    if torch_new and not ultralytics_at_least(8, 4) and importlib.util.find_spec("onnxscript") is None:
+        import ultralytics
+
+        pytest.skip(
+            f"Ultralytics {ultralytics.__version__}'s exporter needs onnxscript under torch {torch.__version__}"
+        )
+
+
 def export_onnx(model: torch.nn.Module, path: Path, example: torch.Tensor, opset: int = 17) -> Path:
     """TorchScript-based ONNX export with dynamic batch, height and width (what Ultralytics' exporter uses)."""
     torch.onnx.export(

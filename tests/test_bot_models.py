@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT, subprocess_env
-from helpers import val_rect_and_predict_640x480
+from helpers import skip_unless_ultralytics_onnx, ultralytics_at_least, val_rect_and_predict_640x480
 from torch import nn
 
 from yolo_attn.nn.bot import MHSA, BoT3, BoTBottleneck, BoTStage, Classifier
@@ -93,8 +93,9 @@ def _val_and_predict(best: Path, data: str) -> None:
     from ultralytics import YOLO
     from ultralytics.nn.tasks import torch_safe_load
 
-    ckpt, _ = torch_safe_load(str(best), safe_only=True)  # ULTRALYTICS_SAFE_LOAD=1: weights_only + allow-list
-    assert isinstance(_bot3(ckpt["model"]), BoT3)
+    if ultralytics_at_least(8, 4):  # restricted loading arrived in 8.4 (8.3's safe_only swaps classes for stubs)
+        ckpt, _ = torch_safe_load(str(best), safe_only=True)  # ULTRALYTICS_SAFE_LOAD=1: weights_only + allow-list
+        assert isinstance(_bot3(ckpt["model"]), BoT3)
     model = YOLO(str(best))
     seen = val_rect_and_predict_640x480(model, _bot3(model), data)
     assert seen[-1] == (15, 20)  # rectangular letterbox: 640x480 -> P5 of 20x15, the odd size community code breaks on
@@ -138,6 +139,7 @@ def test_onnx_export_dynamic_matches_pytorch_at_other_sizes(registered, tmp_path
     src.write_text((CFG / "yolov8-bot.yaml").read_text())
     model = YOLO(str(src))
     _wake(model.model)
+    skip_unless_ultralytics_onnx()
     f = model.export(format="onnx", dynamic=True, imgsz=64, opset=17, simplify=False, device="cpu")
     sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
     net = model.model.eval()

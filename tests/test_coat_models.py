@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, subprocess_env
+from helpers import skip_unless_ultralytics_onnx
 from torch import nn
 
 from yolo_attn.nn.coat import CoAt, CoAt3, CoAtAttention, CoAtBlock, MBConv
@@ -121,6 +122,7 @@ def _export_onnx_dynamic(weights: str, tmp: Path) -> None:
     from ultralytics import YOLO
 
     model = YOLO(weights)
+    skip_unless_ultralytics_onnx()
     f = model.export(format="onnx", dynamic=True, imgsz=64, simplify=False, device="cpu")
     net = model.model.float().eval()
     x = torch.rand(1, 3, 96, 128)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, subprocess_env
-from helpers import val_rect_and_predict_640x480
+from helpers import skip_unless_ultralytics_onnx, val_rect_and_predict_640x480
 from torch import nn
 
 from yolo_attn.nn.dat import DATBlock, DAttention
@@ -92,6 +92,7 @@ def _val_predict_export(best: Path, data: str, tmp_path: Path) -> None:
     assert seen[-1] == (15, 20)  # rectangular letterbox: P5 of 15x20, the odd size community code breaks on
 
     ort = pytest.importorskip("onnxruntime")
+    skip_unless_ultralytics_onnx()
     f = YOLO(str(best)).export(format="onnx", dynamic=True, imgsz=64, opset=17, simplify=False)
     net = YOLO(str(best)).model.float().eval()  # one epoch moved the block off the identity
     assert any(p.abs().sum() > 0 for p in _dat(net).m[0].attn.proj_out.parameters())

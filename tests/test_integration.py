@@ -1,6 +1,6 @@
 """The registration contract: row semantics, idempotence, undo, errors, start-up hook, CLI and checkpoints.
 
-Marked ``contract``: scripts/test.sh runs this file against the oldest supported Ultralytics too.
+Marked ``contract``. scripts/test.sh runs the whole suite against the oldest supported Ultralytics too.
 """
 
 import subprocess
