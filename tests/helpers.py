@@ -10,11 +10,12 @@ import torch
 DYNAMIC_HW = {"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h", 3: "w"}}
 
 
-def ultralytics_at_least(major: int, minor: int) -> bool:
-    """The installed Ultralytics is ``major.minor`` or newer (the suite also runs against the oldest supported)."""
+def ultralytics_at_least(version: str) -> bool:
+    """The installed Ultralytics is ``version`` or newer (the suite also runs against the oldest supported)."""
     import ultralytics
+    from ultralytics.utils.checks import check_version
 
-    return tuple(int(x) for x in ultralytics.__version__.split(".")[:2]) >= (major, minor)
+    return check_version(ultralytics.__version__, f">={version}")
 
 
 def skip_unless_ultralytics_onnx() -> None:
@@ -27,9 +28,10 @@ def skip_unless_ultralytics_onnx() -> None:
     import importlib.util
 
     import pytest
+    from ultralytics.utils.checks import check_version
 
-    torch_new = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 9)
-    if torch_new and not ultralytics_at_least(8, 4) and importlib.util.find_spec("onnxscript") is None:
+    torch_new = check_version(torch.__version__, ">=2.9")
+    if torch_new and not ultralytics_at_least("8.4") and importlib.util.find_spec("onnxscript") is None:
         import ultralytics
 
         pytest.skip(

@@ -93,7 +93,7 @@ def _val_and_predict(best: Path, data: str) -> None:
     from ultralytics import YOLO
     from ultralytics.nn.tasks import torch_safe_load
 
-    if ultralytics_at_least(8, 4):  # restricted loading arrived in 8.4 (8.3's safe_only swaps classes for stubs)
+    if ultralytics_at_least("8.4"):  # restricted loading arrived in 8.4 (8.3's safe_only swaps classes for stubs)
         ckpt, _ = torch_safe_load(str(best), safe_only=True)  # ULTRALYTICS_SAFE_LOAD=1: weights_only + allow-list
         assert isinstance(_bot3(ckpt["model"]), BoT3)
     model = YOLO(str(best))
