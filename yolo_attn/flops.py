@@ -11,9 +11,15 @@ every aten op whatever module or function issued it. Convention (the one papers 
 multiply-accumulate = 2 FLOPs. Counted:
 
 - convolutions, ``mm``/``addmm``/``bmm``/``baddbmm`` (so ``nn.Linear``, ``@``, ``matmul`` and ``einsum`` through
-  their decompositions) and every SDPA kernel (QK^T and PV: ``4 * B * heads * N * M * d`` FLOPs) -- FlopCounterMode's
-  own formulas;
-- added here: ``grid_sample`` (bilinear: 4 taps, 4 MACs = 8 FLOPs per output element; bicubic: 16 taps = 32;
+  their decompositions) -- FlopCounterMode's own formulas;
+- every SDPA kernel: QK^T and PV, ``2 * B * heads * N * M * (d + d_v)`` FLOPs forward (``4 * B * heads * N * M * d``
+  when ``d_v = d``), twice that backward. The formulas are registered here for every SDPA overload PyTorch has (CPU
+  flash, CUDA flash / memory-efficient / cuDNN, the backend-overridable one, and their backwards), whether or not
+  the installed torch's FlopCounterMode knows them: torch 2.14 has none for the CPU flash kernel, which is what SDPA
+  runs on CPU, so attention silently counted zero there. One formula per op (ours replaces torch's where both
+  exist), and ops that decompose (the plain ``scaled_dot_product_attention`` entry, the math path) are counted
+  through the matrix products they run, never twice;
+- added here too: ``grid_sample`` (bilinear: 4 taps, 4 MACs = 8 FLOPs per output element; bicubic: 16 taps = 32;
   nearest: 0) and bilinear/bicubic ``interpolate`` (same per-element rule). Nearest upsampling is a copy (0).
 
 Not counted (by either figure's convention for these ops, or O(elements) and a few percent at most): elementwise
@@ -32,13 +38,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["count_flops", "model_flops", "ultralytics_flops", "FLOP_RULES"]
+__all__ = ["count_flops", "model_flops", "ultralytics_flops", "FLOP_RULES", "SDPA_FORWARD_OPS", "SDPA_BACKWARD_OPS"]
 
 LOGGER = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -47,28 +54,53 @@ aten = torch.ops.aten
 _GRID_SAMPLE_FLOPS = {0: 8, 1: 0, 2: 32}
 
 
-def _prod(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
 def _grid_sampler_flops(input_shape, grid_shape, interpolation_mode, *args, out_shape=None, **kwargs) -> int:
     # out: (N, C, Hg, Wg[, Dg]); every output element is a weighted sum of the taps around its sample point
-    return _GRID_SAMPLE_FLOPS.get(int(interpolation_mode), 8) * _prod(out_shape)
+    return _GRID_SAMPLE_FLOPS.get(int(interpolation_mode), 8) * math.prod(out_shape)
 
 
 def _bilinear_upsample_flops(*args, out_shape=None, **kwargs) -> int:
-    return 8 * _prod(out_shape)
+    return 8 * math.prod(out_shape)
 
 
 def _bicubic_upsample_flops(*args, out_shape=None, **kwargs) -> int:
-    return 32 * _prod(out_shape)
+    return 32 * math.prod(out_shape)
+
+
+def _attention_flops(q_shape, k_shape, v_shape) -> int:
+    """QK^T and PV of attention over (..., N, d) queries, (..., M, d) keys and (..., M, d_v) values (GQA: q's heads)."""
+    *lead, n, d = q_shape
+    m, d_v = k_shape[-2], v_shape[-1]
+    return 2 * math.prod(lead) * n * m * (d + d_v)
+
+
+def _sdpa_forward_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return _attention_flops(query, key, value)
+
+
+def _sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    # dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q: four products of the forward's size
+    return 2 * _attention_flops(query, key, value)
+
+
+#: SDPA kernels (query, key, value first; (B, heads, N, d) layout), forward and backward (grad_out first).
+SDPA_FORWARD_OPS = (
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+)
+SDPA_BACKWARD_OPS = tuple(f"{name}_backward" for name in SDPA_FORWARD_OPS)
 
 
 def _rules() -> dict:
     rules = {}
+    for names, formula in ((SDPA_FORWARD_OPS, _sdpa_forward_flops), (SDPA_BACKWARD_OPS, _sdpa_backward_flops)):
+        for name in names:
+            op = getattr(aten, name, None)
+            if op is not None:
+                rules[op] = formula
     for name in ("grid_sampler_2d", "grid_sampler_3d", "cudnn_grid_sampler", "_grid_sampler_2d_cpu_fallback"):
         op = getattr(aten, name, None)
         if op is not None:

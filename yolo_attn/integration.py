@@ -11,7 +11,10 @@ What it does to ``ultralytics.nn.tasks`` (all reversible by :func:`unregister`, 
    argument). Every other call returns exactly what the builtin returns. The previous binding is kept and chained,
    so another plugin doing the same still works.
 3. Wraps ``parse_model`` to check YAML rows first (an unknown name gets the row and the closest registered names)
-   and to re-raise a block's ``ValueError`` / ``TypeError`` with the row index, the row and the block. It also puts
+   and to re-raise whatever a row's constructor raises as a ``ValueError`` (``TypeError`` stays) with the row index,
+   the row and the block; the ``repeat_modules`` hook refuses rows whose ``n`` copies cannot chain (c1 != c2).
+   ``DetectionModel.__init__`` is wrapped the same way for the stride probe (a forward pass while building), so a
+   row whose input does not fit its block is named instead of failing deep inside a convolution. It also puts
    ``Conv.default_act`` back afterwards: before 8.4 a YAML's ``activation:`` (e.g. YOLOv6's ReLU) leaked into every
    model built later in the process; newer Ultralytics restores it itself.
 4. Wraps ``BaseModel.load`` so baseline checkpoints load into variants through the recorded index map
@@ -102,7 +105,52 @@ class _SetHook:
         specs = registry.specs()
         if conv in s:  # base_modules: (c1, width-scaled c2, *args)
             return s | {sp.cls for sp in specs}
-        return s | {sp.cls for sp in specs if sp.repeats}  # repeat_modules: n as the third argument
+        # repeat_modules: n as the third argument. parse_model asks it right after building (c1, c2, *extras) for a
+        # base module, which is where a row that cannot chain is caught (see _RepeatSet).
+        return _RepeatSet(s | {sp.cls for sp in specs if sp.repeats})
+
+
+class _RepeatSet(frozenset):
+    """``repeat_modules`` that also refuses rows whose copies cannot chain, while ``parse_model`` builds them.
+
+    A base module that does not repeat is stacked ``n`` times by ``parse_model`` as ``n`` copies built with the same
+    ``(c1, c2, ...)``; with ``c1 != c2`` the second copy expects ``c1`` channels but receives ``c2``, and the model
+    fails later on the stride probe with a convolution error from deep inside the block. ``parse_model`` asks
+    ``m in repeat_modules`` right after computing those arguments, so this membership test reads them from its frame
+    (``args``, ``n``) and raises a ``ValueError`` that the ``parse_model`` wrapper prefixes with the row.
+    """
+
+    def __contains__(self, m) -> bool:
+        found = frozenset.__contains__(self, m)
+        if not found:
+            frame = sys._getframe(1)
+            args, n = frame.f_locals.get("args"), frame.f_locals.get("n")
+            if (
+                isinstance(n, int)
+                and n > 1
+                and isinstance(args, list)
+                and len(args) >= 2
+                and all(isinstance(a, int) and not isinstance(a, bool) for a in args[:2])
+                and args[0] != args[1]
+            ):
+                raise ValueError(_chain_message(m, args[0], args[1], n))
+        return found
+
+
+def _chain_message(m, c1: int, c2: int, n: int) -> str:
+    name = getattr(m, "__name__", str(m))
+    spec = next((sp for sp in registry.specs() if sp.cls is m), None)
+    family = spec.family if spec is not None else None
+    csp = [sp.name for sp in registry.specs() if family and sp.family == family and sp.repeats]
+    fix = f"use n=1 (one {name}), or a block that repeats internally"
+    fix += (
+        f" ({' or '.join(csp)} for this family)" if csp else " (C2f, C3k2, or a yolo_attn CSP block: BoT3, DAT3, CoAt3)"
+    )
+    return (
+        f"{name} does not repeat itself, so n={n} builds {n} copies in a row, each taking c1={c1} input channels, but "
+        f"every copy outputs c2={c2} channels and the second one would receive {c2}; {fix}, or make c2 equal the "
+        f"input's {c1} channels"
+    )
 
 
 def _yaml_rows(d: dict) -> list:
@@ -113,22 +161,40 @@ def _where(d: dict) -> str:
     return f"model YAML {d.get('yaml_file', '<dict>')}"
 
 
+#: Largest YAML ``repeats`` accepted. Ultralytics takes any number, and 10**9 copies of a block would hang the build
+#: and exhaust memory instead of failing; real models repeat a block a handful of times.
+MAX_REPEATS = 1000
+
+
 def _check_rows(d: dict) -> None:
-    """Fail early, with the row, on a module name ``parse_model`` cannot resolve."""
+    """Fail early, with the row, on what ``parse_model`` would turn into a cryptic error or a hang."""
     ns = vars(_tasks())
+    ours = {sp.name for sp in registry.specs()}
     for i, row in enumerate(_yaml_rows(d)):
         if not (isinstance(row, (list, tuple)) and len(row) == 4):
             raise ValueError(f"{_where(d)}: row {i} {row!r} must be [from, repeats, module, args]")
-        m = row[2]
+        f, n, m, args = row
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0 < n <= MAX_REPEATS:
+            raise ValueError(
+                f"{_where(d)}: row {i} {row!r}: repeats={n!r} must be a number from 1 to {MAX_REPEATS} (the second "
+                "entry of a row: how many times the block is repeated before depth scaling)"
+            )
+        if not isinstance(args, (list, tuple)):
+            raise ValueError(f"{_where(d)}: row {i} {row!r}: the arguments (last entry of the row) must be a list")
+        if m in ours and (not args or isinstance(args[0], bool) or not isinstance(args[0], (int, str))):
+            raise ValueError(
+                f"{_where(d)}: row {i} {row!r}: {m} takes [c2, ...extras] with c2 its output channels (an integer, "
+                f"width-scaled like C2f's); got {list(args)!r}"
+            )
         if not isinstance(m, str) or m.startswith(("nn.", "torchvision.ops.")) or m in ns:
             continue
-        ours = registry.block_names()
+        names = registry.block_names()
         theirs = [k for k, v in ns.items() if isinstance(v, type) and not k.startswith("_")]
-        hint = registry.closest(m, ours + theirs)
+        hint = registry.closest(m, names + theirs)
         raise ValueError(
             f"{_where(d)}: row {i} {row!r}: unknown block {m!r}."
             + (f" Did you mean {' or '.join(hint)}?" if hint else "")
-            + f" Blocks registered by yolo_attn: {', '.join(ours) or 'none'}."
+            + f" Blocks registered by yolo_attn: {', '.join(names) or 'none'}."
             + ("" if _STATE["installed"] else " (yolo_attn is not registered: call yolo_attn.register())")
         )
 
@@ -143,6 +209,34 @@ def _failing_row(tb, code) -> int | None:
     return None
 
 
+def _row_error(d: dict, i: int, e: Exception, hint: str = "") -> Exception:
+    """``e`` as a ValueError (TypeError and ValueError keep their type) that names the YAML row and the block.
+
+    Whatever a block's constructor or a layer raises (IndexError, ZeroDivisionError, a RuntimeError from torch)
+    becomes an error about the user's input: the row is what they can change.
+    """
+    rows = _yaml_rows(d)
+    name = rows[i][2] if isinstance(rows[i], (list, tuple)) and len(rows[i]) > 2 else "?"
+    what = str(e) if isinstance(e, (ValueError, TypeError)) else f"{type(e).__name__}: {e}"
+    cls = type(e) if isinstance(e, (ValueError, TypeError)) else ValueError
+    try:
+        err = cls(f"{_where(d)}: row {i} {rows[i]!r}: {name}: {what}{hint}")
+    except TypeError:  # an exception class with a custom signature
+        err = ValueError(f"{_where(d)}: row {i} {rows[i]!r}: {name}: {what}{hint}")
+    err._yolo_attn_row = True
+    return err
+
+
+def _hint(row, e: Exception) -> str:
+    """What to do about the commonest mistakes Ultralytics reports without context."""
+    args = row[3] if isinstance(row, (list, tuple)) and len(row) > 3 else None
+    if isinstance(e, IndexError) and isinstance(args, (list, tuple)) and not args:
+        return " (the argument list is empty: give at least the output channels, [c2, ...])"
+    if isinstance(e, IndexError) and "list index out of range" in str(e):
+        return " (a 'from' index or an argument refers to something that does not exist)"
+    return ""
+
+
 def _wrap_parse_model(orig):
     @functools.wraps(orig)
     def parse_model(d, ch, verbose=True):
@@ -153,21 +247,60 @@ def _wrap_parse_model(orig):
         default_act = getattr(conv, "default_act", None)
         try:
             return orig(d, ch, verbose)
-        except (ValueError, TypeError) as e:
+        except Exception as e:
             i = _failing_row(e.__traceback__, orig.__code__)
             rows = _yaml_rows(d)
             if i is None or i >= len(rows) or getattr(e, "_yolo_attn_row", False):
                 raise
-            name = rows[i][2]
-            err = type(e)(f"{_where(d)}: row {i} {rows[i]!r}: {name}: {e}")
-            err._yolo_attn_row = True
-            raise err from e
+            raise _row_error(d, i, e, _hint(rows[i], e)) from e
         finally:
             if default_act is not None:
                 conv.default_act = default_act  # a YAML's ``activation:`` is that model's, not the process's
 
     parse_model._yolo_attn_orig = orig
     return parse_model
+
+
+def _probe_failure(tb) -> tuple[int, str] | None:
+    """(row index, module type) of the layer that was running in ``BaseModel._predict_once`` when ``tb`` was raised."""
+    found = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_predict_once":
+            m = tb.tb_frame.f_locals.get("m")
+            if isinstance(getattr(m, "i", None), int):
+                found = (m.i, getattr(m, "type", type(m).__name__))
+        tb = tb.tb_next
+    return found
+
+
+def _wrap_model_init(orig):
+    """``DetectionModel.__init__`` (and the task models built on it): a layer failing on the stride probe names its row.
+
+    The probe is a forward pass Ultralytics runs while building the model. A row whose input does not fit it
+    (channels, a ``from`` index pointing at another scale) fails there with an error from deep inside a layer; this
+    re-raises it as a ``ValueError`` naming the row, the block and what to check.
+    """
+
+    @functools.wraps(orig)
+    def __init__(self, *args, **kwargs):
+        try:
+            orig(self, *args, **kwargs)
+        except Exception as e:
+            if getattr(e, "_yolo_attn_row", False):
+                raise
+            hit = _probe_failure(e.__traceback__)
+            d = getattr(self, "yaml", None)
+            if hit is None or not isinstance(d, dict) or not 0 <= hit[0] < len(_yaml_rows(d)):
+                raise
+            hint = (
+                " (raised by the forward pass Ultralytics runs while building the model: the row's input does not fit "
+                "the block; check its 'from' index, that the inputs of a Concat have the same size, and the block's "
+                "arguments)"
+            )
+            raise _row_error(d, hit[0], e, hint) from e
+
+    __init__._yolo_attn_orig = orig
+    return __init__
 
 
 def _wrap_check_yaml(orig):
@@ -260,7 +393,7 @@ def _probe(tasks) -> None:
             "nc": 1,
             "scales": {"p": [0.5, 0.5, 48]},
             "scale": "p",
-            "backbone": [[-1, 4, "_YoloAttnProbeRep", [128]], [-1, 4, "_YoloAttnProbeOne", [16]]],
+            "backbone": [[-1, 4, "_YoloAttnProbeRep", [128]], [-1, 4, "_YoloAttnProbeOne", [48]]],
             "head": [],
             "yaml_file": "<yolo_attn probe>",
         }
@@ -275,8 +408,8 @@ def _probe(tasks) -> None:
             registry.unregister_block(cls.__name__)
         _inject_names(tasks)
     # width 0.5, max_channels 48, depth 0.5: C2f semantics give c2 = make_divisible(min(128, 48) * 0.5, 8) = 24
-    # and n = round(4 * 0.5) = 2 passed as argument; a non-repeating block is stacked twice with (24, 8).
-    expected = [("rep", 3, 24, 2), ("one", 24, 8), ("one", 24, 8)]
+    # and n = round(4 * 0.5) = 2 passed as argument; a non-repeating block is stacked twice with (24, 24).
+    expected = [("rep", 3, 24, 2), ("one", 24, 24), ("one", 24, 24)]
     if seen != expected:
         raise IntegrationError(
             f"yolo_attn could not register with Ultralytics {ultralytics_version()}: parse_model did not apply the "
@@ -300,10 +433,16 @@ def register(verbose: bool = False) -> None:
                 prev = vars(tasks).get("frozenset", frozenset)
                 hook = _SetHook(prev)
                 _STATE["hook"] = hook
-                _STATE["orig"] = {"parse_model": tasks.parse_model, "check_yaml": tasks.check_yaml, "frozenset": prev}
+                _STATE["orig"] = {
+                    "parse_model": tasks.parse_model,
+                    "check_yaml": tasks.check_yaml,
+                    "frozenset": prev,
+                    "model_init": tasks.DetectionModel.__dict__["__init__"],
+                }
                 tasks.frozenset = hook
                 tasks.parse_model = _wrap_parse_model(tasks.parse_model)
                 tasks.check_yaml = _wrap_check_yaml(tasks.check_yaml)
+                tasks.DetectionModel.__init__ = _wrap_model_init(_STATE["orig"]["model_init"])
                 _STATE["installed"] = True
             _inject_names(tasks)
             if fresh:
@@ -342,6 +481,9 @@ def unregister() -> None:
         for attr in ("parse_model", "check_yaml"):
             if getattr(getattr(tasks, attr), "_yolo_attn_orig", None) is orig[attr]:
                 setattr(tasks, attr, orig[attr])
+        init = tasks.DetectionModel.__dict__.get("__init__")
+        if "model_init" in orig and getattr(init, "_yolo_attn_orig", None) is orig["model_init"]:
+            tasks.DetectionModel.__init__ = orig["model_init"]
         _STATE.update(installed=False, hook=None, orig={})
 
 
