@@ -34,6 +34,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,6 +42,8 @@ from torch import nn
 
 __all__ = [
     "FAMILIES",
+    "LEVEL_SHAPES",
+    "BenchCase",
     "bench_block",
     "bench_model",
     "bench_table",
@@ -52,6 +55,32 @@ __all__ = [
 
 #: Block families whose helpers publish ``bench_cases()`` in ``yolo_attn/nn/<family>_bench.py``.
 FAMILIES = ("bot", "dat", "coat")
+
+#: Pyramid level -> (B, C, H, W) of the benchmark input: yolov8n's P3/P4/P5 maps at 640, batch 2. The one definition
+#: of the benchmark sizes (block specs name their levels, see :attr:`yolo_attn.registry.BlockSpec.bench_levels`).
+LEVEL_SHAPES: dict[int, tuple[int, int, int, int]] = {5: (2, 256, 20, 20), 4: (2, 128, 40, 40), 3: (2, 64, 80, 80)}
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One row of a block benchmark: ``make()`` builds a fresh module that takes one ``shape`` input.
+
+    Attributes:
+        name: Row label.
+        make: Builds the module (called once per row, so every row starts from a fresh module).
+        shape: Input shape ``(B, C, H, W)``.
+        family: Block family (for grouping), if any.
+        note: What the row measures, in a few words.
+        backward: Time forward + backward (None: the table's default).
+    """
+
+    name: str
+    make: Callable[[], nn.Module]
+    shape: tuple[int, ...]
+    family: str | None = None
+    note: str = ""
+    backward: bool | None = None
+
 
 LOGGER = logging.getLogger(__name__)
 

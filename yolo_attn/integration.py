@@ -325,11 +325,19 @@ def _wrap_check_yaml(orig):
 
 
 def _safe_globals() -> list[type]:
-    """Registered block classes and every nn.Module class their modules name (inner layers, timm's DropPath...)."""
+    """Registered block classes, every nn.Module class their modules name, and timm's layer classes.
+
+    A pickled block holds whatever classes its layers are built from, including ones no module of ours names:
+    timm's ``SEModule`` creates its gate through ``create_act_layer("sigmoid")``, a ``timm.layers.activations.Sigmoid``.
+    So every ``nn.Module`` class of the loaded ``timm.layers`` modules is allowed too (layers, not code that runs on
+    unpickling).
+    """
     import torch
 
     found = {sp.cls for sp in registry.specs()}
-    for mod in {sys.modules.get(c.__module__) for c in found}:
+    mods = {sys.modules.get(c.__module__) for c in found}
+    mods |= {m for name, m in list(sys.modules.items()) if name == "timm.layers" or name.startswith("timm.layers.")}
+    for mod in mods:
         for obj in vars(mod).values() if mod else ():
             if inspect.isclass(obj) and issubclass(obj, torch.nn.Module) and not obj.__module__.startswith("torch."):
                 found.add(obj)

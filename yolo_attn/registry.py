@@ -6,22 +6,35 @@ count, ``c2'`` is ``c2`` width-scaled and capped by ``max_channels`` (as for ``C
 repeat count, passed as the third argument when the block is declared ``repeats=True`` (otherwise Ultralytics makes
 ``n`` copies). This module is torch-free; :mod:`yolo_attn.integration` reads it and wires it into Ultralytics.
 
+The registry is also the only place that knows which block *families* exist: tooling (insertion, generation, ablation,
+benchmarks, the report) asks :func:`families` instead of naming them, so a new family is one file of blocks and one
+import line (see :mod:`yolo_attn.nn`).
+
 Examples:
-    >>> from yolo_attn.registry import register_block
-    >>> @register_block(repeats=True)
-    ... class MyCSP(torch.nn.Module):
-    ...     def __init__(self, c1, c2, n=1): ...
+    >>> import torch
+    >>> from yolo_attn.registry import get_spec, register_block, unregister_block
+    >>> @register_block(repeats=True, family="toy", role="csp")
+    ... class ToyCSP(torch.nn.Module):
+    ...     def __init__(self, c1, c2, n=1, e=0.5):
+    ...         super().__init__()
+    ...         self.cv = torch.nn.Conv2d(c1, c2, 1)
+    >>> get_spec("ToyCSP").family, families()["toy"]
+    ('toy', {'csp': 'ToyCSP'})
+    >>> _ = unregister_block("ToyCSP")
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = [
     "BlockSpec",
+    "ROLES",
+    "families",
     "register_block",
     "unregister_block",
     "get_spec",
@@ -32,16 +45,23 @@ __all__ = [
 ]
 
 
+ROLES = ("insert", "csp", "layer")
+
+
 @dataclass(frozen=True)
 class BlockSpec:
-    """How a YAML-facing block is built by ``parse_model``.
+    """How a YAML-facing block is built by ``parse_model``, and what tooling needs to know about it.
 
     Attributes:
         name: The name used in model YAMLs (defaults to the class name).
         cls: The ``nn.Module`` subclass; constructor ``(c1, c2, [n,] *extras)``.
         repeats: The YAML ``n`` is passed as the third constructor argument (like ``C2f``) instead of stacking copies.
-        family: Block family for tooling (``"bot"``, ``"dat"``, ``"coat"``), ``None`` for helpers and test blocks.
-        role: ``"insert"`` (residual, starts as identity when c1 == c2), ``"csp"`` (replaces a CSP block) or ``"layer"``.
+        family: Block family for tooling (``"bot"``, ``"dat"``, ``"coat"``...), ``None`` for helpers and test blocks.
+        role: ``"insert"`` (residual, starts as identity when c1 == c2: inserted after a row), ``"csp"`` (replaces a
+            CSP block such as C2f / C3k2) or ``"layer"`` (anything else).
+        takes_level: The block's constructor has a ``level`` parameter, the pyramid level it runs at (3 for P3...),
+            which the YAML editor fills in per row (DAT: the key stride follows the level).
+        bench_levels: Pyramid levels at which ``yolo-attn bench`` measures the block (empty: not benchmarked).
     """
 
     name: str
@@ -49,6 +69,37 @@ class BlockSpec:
     repeats: bool = False
     family: str | None = None
     role: str = "layer"
+    takes_level: bool = False
+    bench_levels: tuple[int, ...] = ()
+
+    def extras(self) -> list[inspect.Parameter]:
+        """The constructor parameters a YAML row gives after ``c2`` (``n`` excluded for repeating blocks)."""
+        params = [p for p in inspect.signature(self.cls.__init__).parameters.values() if p.name != "self"]
+        params = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return params[3 if self.repeats else 2 :]
+
+    def yaml_args(self, c2: int, level: int | None = None, extras: Sequence = ()) -> list:
+        """The argument list of a YAML row for this block: ``[c2, *extras]``, with ``level`` at its place.
+
+        For a block that :attr:`takes_level`, ``extras`` are the other extras in order; the ``level`` parameter's
+        position is filled with ``level`` (earlier extras the caller did not give get their defaults).
+
+        Examples:
+            >>> spec = BlockSpec("X", type("X", (), {"__init__": lambda self, c1, c2, n=1, e=0.5, level=5: None}),
+            ...                  repeats=True, takes_level=True)
+            >>> spec.yaml_args(256, level=4), spec.yaml_args(256, level=4, extras=[0.25, 2.0])
+            ([256, 0.5, 4], [256, 0.25, 4, 2.0])
+        """
+        extras = list(extras)
+        if not self.takes_level or level is None:
+            return [c2, *extras]
+        names = [p.name for p in self.extras()]
+        if "level" not in names:
+            raise ValueError(f"{self.name} is registered with takes_level=True but has no 'level' parameter")
+        at = names.index("level")
+        params = self.extras()
+        head = extras[:at] + [params[k].default for k in range(len(extras), at)]
+        return [c2, *head, level, *extras[at:]]
 
 
 _REGISTRY: dict[str, BlockSpec] = {}
@@ -61,15 +112,17 @@ def register_block(
     repeats: bool = False,
     family: str | None = None,
     role: str = "layer",
+    takes_level: bool = False,
+    bench_levels: Sequence[int] = (),
     force: bool = False,
 ):
     """Register a block class for use in model YAMLs. Usable as ``@register_block`` or ``@register_block(...)``.
 
     Registering a different class under a name that is already taken is an error unless ``force=True``;
-    re-registering the same class is a no-op (module reloads in tests).
+    re-registering the same class is a no-op (module reloads in tests). See :class:`BlockSpec` for the fields.
     """
-    if role not in {"insert", "csp", "layer"}:
-        raise ValueError(f"role must be 'insert', 'csp' or 'layer', got {role!r}")
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(map(repr, ROLES))}, got {role!r}")
 
     def wrap(c: type) -> type:
         key = name or c.__name__
@@ -83,7 +136,9 @@ def register_block(
                 f"block name {key!r} is already registered to {old.cls.__module__}.{old.cls.__qualname__}; "
                 "pass force=True to replace it"
             )
-        _REGISTRY[key] = BlockSpec(key, c, repeats, family, role)
+        _REGISTRY[key] = BlockSpec(
+            key, c, repeats, family, role, bool(takes_level), tuple(int(x) for x in bench_levels)
+        )
         return c
 
     return wrap(cls) if cls is not None else wrap
@@ -110,6 +165,19 @@ def get_spec(name: str) -> BlockSpec:
 def specs() -> list[BlockSpec]:
     """All registered specs, in registration order."""
     return list(_REGISTRY.values())
+
+
+def families() -> dict[str, dict[str, str]]:
+    """``{family: {role: block name}}`` for the ``insert`` and ``csp`` blocks of every registered family.
+
+    This is how tooling learns which families exist (``yolo-attn insert dat ...``, ``generate``, ``ablate --blocks``,
+    ``bench``, the report). The first block registered for a (family, role) pair is the one a family name means.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for sp in _REGISTRY.values():
+        if sp.family and sp.role in ("insert", "csp"):
+            out.setdefault(sp.family, {}).setdefault(sp.role, sp.name)
+    return out
 
 
 def block_names() -> list[str]:

@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ultralytics.nn.modules import Classify, Conv
 
+from yolo_attn._compat import Classify, Conv
 from yolo_attn.nn.common import AttnCSP, attend, check_heads, rel_index
 from yolo_attn.registry import register_block
 
@@ -178,7 +178,7 @@ class _RelPosAttention(torch.autograd.Function):
         return gq.to(q.dtype), gk.to(k.dtype), gv.to(v.dtype), ga.to(a.dtype), gb.to(b.dtype)
 
 
-@register_block(family="bot", role="layer")
+@register_block(family="bot", role="layer", bench_levels=(5, 4, 3))
 class MHSA(nn.Module):
     """Multi-head self-attention over all positions with 2-D relative position logits (BoTNet Fig. 4).
 
@@ -384,7 +384,7 @@ class BoTBottleneck(nn.Module):
         return self.out_act(self.cv2(y) + self.shortcut(x))
 
 
-@register_block(repeats=True, family="bot", role="insert")
+@register_block(repeats=True, family="bot", role="insert", bench_levels=(5, 4, 3))
 class BoT(nn.Module):
     """``n`` Bottleneck Transformer blocks to insert anywhere in a YOLO model; identity at initialisation.
 
@@ -424,7 +424,7 @@ class BoT(nn.Module):
         return self.m(self.proj(x))
 
 
-@register_block(repeats=True, family="bot", role="csp")
+@register_block(repeats=True, family="bot", role="csp", bench_levels=(5, 4, 3))
 class BoT3(AttnCSP):
     """CSP block with ``n`` Bottleneck Transformer blocks (the YOLOv5 community "BoT3", wired correctly).
 

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from timm.layers import ConvMlp, DropPath, LayerNorm2d, SEModule, trunc_normal_
 from torch import nn
 from torch.autograd.function import once_differentiable
-from ultralytics.nn.modules import Conv
 
+from yolo_attn._compat import Conv
 from yolo_attn.nn.common import AttnCSP, attend, rel_index
 from yolo_attn.registry import register_block
 
@@ -343,7 +343,7 @@ def _init_effnet(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-@register_block(family="coat", role="layer")
+@register_block(family="coat", role="layer", bench_levels=(5, 4, 3))
 class MBConv(nn.Module):
     """Pre-norm inverted bottleneck (CoAtNet App. A.1): ``S(x) + DropPath(Proj(SE(DW(Expand(BN(x))))))``.
 
@@ -404,7 +404,7 @@ class MBConv(nn.Module):
         return self.shortcut(x) + self.drop_path(self.proj(self.se(self.dw(self.expand(self.norm(x))))))
 
 
-@register_block(repeats=True, family="coat", role="insert")
+@register_block(repeats=True, family="coat", role="insert", bench_levels=(5, 4, 3))
 class CoAt(nn.Module):
     """A CoAtNet transformer stage: ``n`` pre-norm relative-attention blocks, the first optionally with stride 2.
 
@@ -480,7 +480,7 @@ class CoAt(nn.Module):
         return self.m(x)
 
 
-@register_block(repeats=True, family="coat", role="csp")
+@register_block(repeats=True, family="coat", role="csp", bench_levels=(5, 4, 3))
 class CoAt3(AttnCSP):
     """CSP block with CoAtNet transformer bottlenecks (the C3/BoT3 layout): replaces a backbone C2f / C3k2.
 

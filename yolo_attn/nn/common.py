@@ -126,7 +126,7 @@ class AttnCSP(nn.Module):
     """
 
     def _build(self, c1: int, c2: int, c_: int, m: nn.Module) -> None:
-        from ultralytics.nn.modules import Conv
+        from yolo_attn._compat import Conv
 
         self.cv1 = Conv(c1, c_, 1)
         self.cv2 = Conv(c1, c_, 1)

@@ -42,8 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
-from ultralytics.nn.modules import Conv
 
+from yolo_attn._compat import Conv
 from yolo_attn.nn.common import AttnCSP, attend, check_heads
 from yolo_attn.registry import register_block
 
@@ -136,7 +136,7 @@ def _check_export_opset(block: str) -> None:
         )
 
 
-@register_block(family="dat", role="layer")
+@register_block(family="dat", role="layer", takes_level=True, bench_levels=(5, 4, 3))
 class DAttention(nn.Module):
     """Deformable multi-head attention (DAT, Xia et al. 2022) with a resolution-free relative position bias.
 
@@ -374,7 +374,7 @@ def _check_n(block: str, n) -> int:
     return _positive_int(block, "n", n, "the number of stacked DAT layers must be a positive int")
 
 
-@register_block(repeats=True, family="dat", role="insert")
+@register_block(repeats=True, family="dat", role="insert", takes_level=True, bench_levels=(5, 4, 3))
 class DATBlock(nn.Module):
     """``n`` DAT++ blocks, for insertion anywhere in a YOLO model: exactly the identity at init when ``c1 == c2``.
 
@@ -427,7 +427,7 @@ class DATBlock(nn.Module):
         return self.m(self.proj(x))
 
 
-@register_block(repeats=True, family="dat", role="csp")
+@register_block(repeats=True, family="dat", role="csp", takes_level=True, bench_levels=(5, 4, 3))
 class DAT3(AttnCSP):
     """CSP block with ``n`` DAT++ layers on the hidden branch (the C3/BoT3 form); replaces a C2f/C3k2.
 
