@@ -3,12 +3,20 @@
 Every sub-command is a thin wrapper over a library function; ``scripts/*.py`` call :func:`main` the same way. Block
 families are whatever the registry holds (the package's, and those of modules named in ``YOLO_ATTN_PLUGINS``).
 
-Examples:
+Shell examples::
+
     yolo-attn demo                                   # the README's main job (generated data, CPU, < 10 min)
     yolo-attn ablate --data shapes.yaml --blocks bot dat --positions sppf_before neck --seeds 0 1 epochs=3 imgsz=128
     yolo-attn report out/ablate
     yolo-attn flops cfg/yolov8-dat-sppf_before.yaml --imgsz 640
     yolo-attn insert yolov8.yaml dat sppf_before -o my-variant.yaml
+
+Examples:
+    >>> from yolo_attn.cli import main
+    >>> main(["ablate", "--data", "shapes.yaml", "--blocks", "dat", "--plan-only", "epochs=1"])  # doctest: +ELLIPSIS
+      1/2 ... yolov8n seed=0 (baseline)
+      2/2 ... yolov8n-dat-sppf_before seed=0
+    0
 """
 
 from __future__ import annotations
@@ -33,9 +41,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     if not cases:
         print("no registered block matches (yolo-attn info lists them)", file=sys.stderr)
         return 1
-    rows = bench_table(
-        cases, backward=not a.forward_only, warmup=a.warmup, iters=a.iters, device=a.device, flops=not a.no_flops
-    )
+    given = {k: v for k, v in (("warmup", a.warmup), ("iters", a.iters)) if v is not None}  # else bench's defaults
+    rows = bench_table(cases, backward=not a.forward_only, device=a.device, flops=not a.no_flops, **given)
     print(format_table(rows))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
@@ -259,8 +266,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--family", nargs="+", default=None, help="only these families (default: all)")
     b.add_argument("--name", nargs="+", default=None, help="only blocks whose name contains one of these")
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, 0, auto")
-    b.add_argument("--iters", type=int, default=5, help="timed steps (median reported)")
-    b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    b.add_argument("--iters", type=int, default=None, help="timed steps, median reported (default: bench_block's)")
+    b.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: bench_block's)")
     b.add_argument("--forward-only", action="store_true", help="time inference (no_grad forward) instead of fwd+bwd")
     b.add_argument("--no-flops", action="store_true", help="skip the GFLOPs column")
     b.add_argument("--json", default=None, help="also write the rows to this JSON file")
