@@ -9,6 +9,10 @@ Measurements after training (:class:`Measure`, not part of the run's key): GFLOP
 the BN-fused model at batch 1 and ``bench_batch`` (:func:`yolo_attn.bench.bench_model`). A failing measurement is
 recorded in ``measure_error``; the run still counts as done.
 
+Files a run keeps beside its record (per-image validation matches for paired statistics, say) belong in
+``ResultStore(out).artifacts_dir(run.key)`` and are listed in :attr:`yolo_attn.store.RunRecord.artifacts` (paths
+relative to ``out``), so the report and statistics find them from the store alone.
+
 Examples:
     >>> import tempfile
     >>> from yolo_attn.execute import Measure, execute
