@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Benchmark the attention blocks: median latency, peak memory, params and GFLOPs per case, as a Markdown table.
+"""Benchmark the registered blocks: median latency, peak memory, params and GFLOPs per case, as a Markdown table.
 
-Cases come from ``bench_cases()`` in ``yolo_attn/nn/<family>_bench.py`` (families without such a module are skipped).
+One row per registered block per pyramid level it names (``bench_levels``), at yolo_attn.bench.LEVEL_SHAPES.
 Same as ``yolo-attn bench``.
 
 Examples:

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=str(SHARED / "weights" / "yolov8n.pt"))
     p.add_argument("--data", default=str(SHARED / "coco128.yaml"))
-    p.add_argument("--families", nargs="+", default=["bot", "dat", "coat"])
+    p.add_argument("--families", nargs="+", default=None, help="default: every family with generated cfg/ variants")
     p.add_argument("--positions", nargs="+", default=list(INSERTED))
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--batch", type=int, default=8)
@@ -49,20 +49,18 @@ def main(argv=None) -> int:
             print(f"missing {need}: this check needs the shared weights and dataset", file=sys.stderr)
             return 2
 
-    from ultralytics import YOLO
+    from yolo_attn._compat import YOLO
+    from yolo_attn.edit import families
+    from yolo_attn.markdown import table
 
-    import yolo_attn
-    from yolo_attn import integration
-
-    yolo_attn.register()
-    integration.install_transfer_hook()  # idempotent; integration.register() installs it too once wired
+    fams = a.families or list(families(packaged=True))  # registers the blocks (and the transfer hook)
     rows = []
     t = time.time()
     base = _val(YOLO(a.weights), a)
     rows.append({"model": Path(a.weights).name, **base, "delta": 0.0, "seconds": round(time.time() - t, 1)})
     print(f"baseline {Path(a.weights).name}: mAP50 {base['mAP50']:.4f} mAP50-95 {base['mAP50-95']:.4f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for fam in a.families:
+        for fam in fams:
             for pos in a.positions:
                 src = ROOT / "cfg" / f"yolov8-{fam}-{pos}.yaml"
                 cfg = Path(tmp) / f"yolov8n-{fam}-{pos}.yaml"  # the 'n' in the name selects scale n
@@ -72,9 +70,11 @@ def main(argv=None) -> int:
                 delta = r["mAP50-95"] - base["mAP50-95"]
                 rows.append({"model": src.name, **r, "delta": delta, "seconds": round(time.time() - t, 1)})
                 print(f"{src.name}: mAP50 {r['mAP50']:.4f} mAP50-95 {r['mAP50-95']:.4f} delta {delta:+.4f}", flush=True)
-    print("\n| model | mAP50 | mAP50-95 | delta mAP50-95 | val s |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['mAP50']:.4f} | {r['mAP50-95']:.4f} | {r['delta']:+.4f} | {r['seconds']} |")
+    header = ["model", "mAP50", "mAP50-95", "delta mAP50-95", "val s"]
+    cells = [
+        [r["model"], f"{r['mAP50']:.4f}", f"{r['mAP50-95']:.4f}", f"{r['delta']:+.4f}", r["seconds"]] for r in rows
+    ]
+    print("\n" + table(header, cells))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(rows, indent=1))

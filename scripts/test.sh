@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command. Works on a fresh machine with Python 3.9+ and pip:
 #   1. creates .venv (first run downloads torch & co, a few minutes) and installs yolo_attn editable with [dev];
-#   2. runs ruff and the test suite (fast tests; `-m slow` ones need minutes or ../shared/data and are skipped by default);
+#   2. runs ruff (lint and format check) and the test suite: tests/ and the docstring examples of yolo_attn/ (fast
+#      tests; `-m slow` ones need minutes or ../shared/data and are skipped by default);
 #   3. runs the suite again against the OLDEST supported Ultralytics (8.3.65), installed without dependencies into
 #      .venv-ul8.3.65 and put first on PYTHONPATH (it reuses the venv's torch). Where 8.3.65 lacks a feature the test
 #      needs (restricted checkpoint loading; its own ONNX exporter under torch >= 2.9) the test says so and skips.
@@ -11,6 +12,7 @@ source "$(dirname "$0")/env.sh"
 
 status=0
 .venv/bin/ruff check . || status=$?
+.venv/bin/ruff format --check . || status=$?
 .venv/bin/python -m pytest "$@" || status=$?
 
 OLD=8.3.65

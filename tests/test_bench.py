@@ -1,4 +1,5 @@
-"""Latency / peak-memory measurement: real figures, sensible failure handling, the table and the script."""
+"""Latency / peak-memory measurement: real figures, sensible failure handling, the generic block cases, the table and
+the script."""
 
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import torch
 from conftest import ROOT, subprocess_env
 from torch import nn
 
-from yolo_attn import bench
+from yolo_attn import bench, registry
+from yolo_attn.bench import BenchCase
 
 
 class Double(nn.Module):
@@ -51,8 +53,8 @@ def test_bench_block_result_and_mode_restored():
 
 def test_bench_table_records_failures_and_formats():
     cases = [
-        {"name": "conv", "make": lambda: nn.Conv2d(8, 8, 3, padding=1), "shape": (1, 8, 16, 16)},
-        {"name": "broken", "make": lambda: nn.Conv2d(3, 8, 3), "shape": (1, 8, 16, 16)},  # wrong channels
+        BenchCase("conv", lambda: nn.Conv2d(8, 8, 3, padding=1), (1, 8, 16, 16)),
+        BenchCase("broken", lambda: nn.Conv2d(3, 8, 3), (1, 8, 16, 16)),  # wrong channels
     ]
     rows = bench.bench_table(cases, warmup=1, iters=2)
     assert [r["name"] for r in rows] == ["conv", "broken"]
@@ -60,27 +62,35 @@ def test_bench_table_records_failures_and_formats():
     assert "RuntimeError" in rows[1]["error"]
     table = bench.format_table(rows)
     lines = table.splitlines()
-    assert lines[0].startswith("| block") and "peak MB" in lines[0] and len(lines) == 4
-    assert "1x8x16x16" in lines[2]
+    assert lines[0].startswith("| block") and "peak MB" in lines[0] and "family" not in lines[0] and len(lines) == 4
+    assert "1x8x16x16" in lines[2] and lines[1].split("|")[4].endswith(":")  # params: right-aligned
 
 
 def test_bench_model_yolo_batches():
-    from ultralytics.nn.tasks import DetectionModel
+    from yolo_attn._compat import model_class
 
-    model = DetectionModel("yolov8n.yaml", ch=3, nc=3, verbose=False)
+    model = model_class("detect")("yolov8n.yaml", ch=3, nc=3, verbose=False)
     r = bench.bench_model(model, 64, batches=(1, 2), warmup=1, iters=2)
-    assert r["bench_imgsz"] == [64, 64] and r["bench_device"] == "cpu"
-    assert r["latency_ms_b1"] > 0 and r["latency_ms_b2"] > 0 and r["peak_mb_b2"] > 0
+    assert r.imgsz == [64, 64] and r.device == "cpu"
+    assert r.latency_ms[1] > 0 and r.latency_ms[2] > 0 and r.peak_mb[2] > 0
 
 
-def test_collect_cases_skips_missing_families(monkeypatch):
-    import types
-
-    fake = types.ModuleType("yolo_attn.nn.fake_bench")
-    fake.bench_cases = lambda: [{"name": "f", "make": lambda: nn.Identity(), "shape": (1, 1, 2, 2)}]
-    monkeypatch.setitem(sys.modules, "yolo_attn.nn.fake_bench", fake)
-    cases = bench.collect_cases(["fake", "doesnotexist"])
-    assert [(c["family"], c["name"]) for c in cases] == [("fake", "f")]
+def test_block_cases_cover_every_registered_block(registered):
+    """Every registered block that names bench levels gets a case per level (and attention implementation), built
+    as a YAML row builds it; the smallest level runs (shape preserved: c1 == c2)."""
+    cases = bench.block_cases()
+    want = [(sp.name, lv) for sp in registry.specs() if sp.bench_levels for lv in sp.bench_levels]
+    assert len(want) >= 9 and len(cases) == len(want) * len(bench.IMPLS)
+    assert [(c.name.split()[0], int(c.name.split()[1][1:])) for c in cases[:: len(bench.IMPLS)]] == want
+    for case in cases:
+        assert case.shape == bench.LEVEL_SHAPES[int(case.name.split()[1][1:])] and case.family
+        if case.shape == bench.LEVEL_SHAPES[5]:
+            with torch.no_grad():
+                assert case.make().eval()(torch.randn(1, *case.shape[1:])).shape == (1, *case.shape[1:]), case.name
+    assert {c.name.split()[0] for c in bench.block_cases(["dat"])} == {"DAttention", "DATBlock", "DAT3"}
+    assert {c.name.split()[0] for c in bench.block_cases(names=["bot3"])} == {"BoT3"}
+    with pytest.raises(ValueError, match="no benchmarked blocks in family 'nope'|no benchmarked blocks in family nope"):
+        bench.block_cases(["nope"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -93,11 +103,8 @@ def test_cuda_peak_memory():
 
 
 def test_bench_blocks_script_runs():
-    """scripts/bench_blocks.py end to end (cases of whichever families exist; --help when none do)."""
-    have = bench.collect_cases()
-    args = ["--iters", "1", "--warmup", "0", "--forward-only", "--no-flops"] if have else ["--help"]
-    if have:  # keep it quick: one case per family
-        args += ["--name", *{c["name"] for c in have[:1]}]
+    """scripts/bench_blocks.py end to end, one cheap block (no attention), inference only."""
+    args = ["--name", "MBConv", "--iters", "1", "--warmup", "0", "--forward-only", "--no-flops"]
     r = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_blocks.py"), *args],
         capture_output=True,
@@ -106,4 +113,6 @@ def test_bench_blocks_script_runs():
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert ("| block" in r.stdout) if have else ("--family" in r.stdout)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| family | block") and len(lines) == 1 + 3  # header, then P5, P4, P3
+    assert all("MBConv" in ln and "fwd" in ln for ln in lines[1:])

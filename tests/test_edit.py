@@ -4,7 +4,6 @@ The remapping tests use two stand-in blocks registered here (a zero-initialised 
 block), so they test the editor independently of the real attention blocks; the cfg/ tests use the real ones.
 """
 
-import argparse
 import contextlib
 import copy
 import re
@@ -16,11 +15,16 @@ import yaml
 from torch import nn
 
 from yolo_attn import edit, integration, registry
-from yolo_attn.edit import FAMILIES, POSITIONS, EditError, make_variant, save_variant, variant_name
+from yolo_attn.edit import POSITIONS, EditError, make_variant, save_variant, variant_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "cfg"
-GENERATED = re.compile(r"yolov(8|11)-(bot|dat|coat)-(backbone|sppf_before|sppf_after|neck|head)\.yaml")
+GENERATED = re.compile(r"yolov(8|11)-([a-z]+)-(backbone|sppf_before|sppf_after|neck|head)\.yaml")
+PACKAGED = {  # what the package's blocks register (the editor itself reads it from the registry)
+    "bot": {"insert": "BoT", "csp": "BoT3"},
+    "dat": {"insert": "DATBlock", "csp": "DAT3"},
+    "coat": {"insert": "CoAt", "csp": "CoAt3"},
+}
 BASES = {"yolov8.yaml": 23, "yolo11.yaml": 24}  # rows of the stock YAMLs
 FAM = "edtest"
 
@@ -58,6 +62,14 @@ class EdCSP(nn.Module):
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
 
 
+class EdLevel(EdRes):
+    """Stand-in insert block taking its pyramid level after another extra: ``(c1, c2, k, level)``."""
+
+    def __init__(self, c1, c2, k=3, level=5):
+        super().__init__(c1, c2, k)
+        self.level = level
+
+
 class EdLayer(nn.Module):
     def __init__(self, c1, c2):
         super().__init__()
@@ -73,6 +85,7 @@ def standins(registered):
         stack.enter_context(registry.temporary(EdRes, family=FAM, role="insert"))
         stack.enter_context(registry.temporary(EdCSP, repeats=True, family=FAM, role="csp"))
         stack.enter_context(registry.temporary(EdLayer, family=FAM, role="layer"))
+        stack.enter_context(registry.temporary(EdLevel, role="insert", takes_level=True))
         integration.register()  # puts the stand-ins into Ultralytics' namespace
         yield FAM
     integration.register()  # and takes them out again
@@ -182,6 +195,14 @@ def test_dat_gets_its_level_per_row(registered):
     assert _rows(d)[8] == [-1, 2, "DAT3", [1024, 5, 0.5]]
 
 
+def test_level_goes_to_the_level_parameter(standins):
+    """A block registered with takes_level gets each row's level at its ``level`` parameter, after other extras."""
+    d = make_variant("yolov8.yaml", "EdLevel", "neck")
+    assert [_rows(d)[i][3] for i in d["yolo_attn"]["inserted"]] == [[256, 3, 3], [512, 3, 4], [1024, 3, 5]]
+    d = make_variant("yolov8.yaml", "EdLevel", "head", [5], validate=False)
+    assert [_rows(d)[i][3] for i in d["yolo_attn"]["inserted"]] == [[256, 5, 3], [512, 5, 4], [1024, 5, 5]]
+
+
 def test_inserted_blocks_preserve_function(standins, scale="n"):
     """Inserted identity blocks + transferred weights = the baseline's output, bit for bit."""
     from ultralytics.nn.tasks import DetectionModel
@@ -253,13 +274,11 @@ def test_bad_input_lists_the_choices(standins):
     assert edit.available_positions(no_sppf) == ["backbone", "neck", "neck_p3", "neck_p4", "neck_p5", "head"]
 
 
-def test_scaled_base_name_and_family_table(registered):
+def test_scaled_base_name_and_families(standins):
     d, label = edit.load_base("yolov8s.yaml")
     assert d["scale"] == "s" and label == "yolov8s.yaml" and len(_rows(d)) == 23
-    for fam, roles in FAMILIES.items():  # the real blocks are registered with the roles the table names
-        for role, name in roles.items():
-            spec = registry.get_spec(name)
-            assert (spec.family, spec.role) == (fam, role)
+    assert edit.families(packaged=True) == PACKAGED  # the package's blocks registered with these families and roles
+    assert edit.families()[FAM] == {"insert": "EdRes", "csp": "EdCSP"}  # and any other registered family
 
 
 def _generated_files():
@@ -268,7 +287,7 @@ def _generated_files():
 
 def test_checked_in_cfgs_equal_the_generator(registered):
     files = _generated_files()
-    assert len(files) == 2 * len(FAMILIES) * len(POSITIONS)
+    assert len(files) == 2 * len(PACKAGED) * len(POSITIONS)
     assert edit.check_generated(CFG) == [], "run: python scripts/generate_cfgs.py"
 
 
@@ -294,14 +313,16 @@ def test_checked_in_cfgs_build_and_run(registered, scale):
 
 
 def test_cli_insert_and_generate_check(standins, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    edit.add_cli(parser.add_subparsers(dest="cmd", required=True))
+    from yolo_attn.cli import main
+
     out = tmp_path / "v.yaml"
-    a = parser.parse_args(["insert", "yolov8.yaml", FAM, "neck_p5", "--args", "[5]", "-o", str(out)])
-    assert a.func(a) == 0
+    assert main(["insert", "yolov8.yaml", FAM, "neck_p5", "--args", "[5]", "-o", str(out)]) == 0
     d = yaml.safe_load(out.read_text())
     assert d["yolo_attn"]["inserted"] == [22] and _rows(d)[22] == [-1, 1, "EdRes", [1024, 5]]
-    a = parser.parse_args(["generate", "--check", "--no-validate", "--out", str(tmp_path)])
-    assert a.func(a) == 1 and "out of date" in capsys.readouterr().out
-    a = parser.parse_args(["generate", "--check", "--no-validate", "--out", str(CFG)])
-    assert a.func(a) == 0
+    assert "inserted rows [22]" in capsys.readouterr().out
+    assert main(["insert", "yolov8.yaml", FAM, "head", "--no-validate", "-o", "-"]) == 0
+    assert "inserted by yolo_attn" in capsys.readouterr().out
+    assert main(["generate", "--check", "--no-validate", "--out", str(tmp_path), "--families", "dat"]) == 1
+    assert "out of date" in capsys.readouterr().out
+    assert main(["generate", "--check", "--no-validate", "--out", str(CFG), "--families", "bot", "dat", "coat"]) == 0
+    assert main(["insert", "yolov8.yaml", "DATblok", "neck"]) == 2 and "did you mean" in capsys.readouterr().err

@@ -5,10 +5,12 @@ private folder and starts an interpreter that sees only that copy (``-S``: no si
 test environment run, so the editable install's hook cannot do the work for it).
 """
 
+import os
 import subprocess
 import sys
 import sysconfig
 import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, subprocess_env
@@ -42,10 +44,15 @@ def test_wheel_registers_from_its_own_copy(tmp_path):
 
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site_dir), str(wheel)], check=True)
     deps = sysconfig.get_paths()["purelib"]
+    env = subprocess_env(YOLO_ATTN_AUTOLOAD="1")
+    # a checkout on PYTHONPATH (how the suite runs a working tree) would shadow the wheel; other entries (an older
+    # Ultralytics put first) stay
+    paths = env["PYTHONPATH"].split(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if not (Path(p) / "yolo_attn" / "__init__.py").is_file())
     r = subprocess.run(
         [sys.executable, "-S", "-c", CHECK, str(site_dir), deps],
         cwd=work,
-        env=subprocess_env(YOLO_ATTN_AUTOLOAD="1"),
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,

@@ -7,13 +7,14 @@ import pytest
 
 from yolo_attn.cli import main
 from yolo_attn.report import pareto_front, summarize, write_report
-from yolo_attn.sweep import STORE_NAME, ResultStore
+from yolo_attn.store import STORE_NAME, ResultStore
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TRAIN = {"epochs": 1, "imgsz": 32}
 
 
 def _rec(name, seed, m, gflops, ul, block=None, family=None, position=None, baseline=False, **kw):
+    """A store line as the sweep of 8ee2a92 wrote them (flat per-batch keys): the store reads both layouts."""
     r = {
         "key": f"{name}-{seed}",
         "name": name,

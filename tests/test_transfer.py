@@ -51,9 +51,9 @@ def hook(registered):
 def yolov8n():
     if not W.is_file():
         pytest.skip(f"{W} not available")
-    from yolo_attn.transfer import _load_checkpoint
+    from yolo_attn._compat import load_checkpoint
 
-    return _load_checkpoint(W)[0]
+    return load_checkpoint(W)[0]
 
 
 def _rows_of(key: str) -> int:

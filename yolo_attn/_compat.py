@@ -1,13 +1,180 @@
 """Every read of an Ultralytics internal outside :mod:`yolo_attn.integration`, with the version shims in one place.
 
 ``integration`` is the one module that *patches* Ultralytics; everything else that needs something from Ultralytics
-(its building blocks, model loading, configuration defaults, the FLOPs profiler, the logger...) imports it from here.
-If a future Ultralytics moves or renames one of these, this module is the one place to adapt, and
-``tests/test_compat.py`` fails with a message naming what is missing instead of the whole package failing to import.
+(its building blocks, model classes, model and checkpoint loading, configuration defaults, the FLOPs profiler, the
+logger...) imports it from here. The names are resolved on first use, so importing this module is cheap and a name a
+future Ultralytics moved fails where it is used, with a message naming it and the installed version. :func:`check`
+resolves them all and lists what is missing (``tests/test_architecture.py`` asserts the list is empty).
+
+Examples:
+    >>> from yolo_attn import _compat
+    >>> _compat.check()  # names this package reads from the installed Ultralytics that it lacks
+    []
+    >>> _compat.model_class("detect").__name__
+    'DetectionModel'
 """
 
 from __future__ import annotations
 
-from ultralytics.nn.modules import Classify, Conv
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Classify", "Conv"]
+if TYPE_CHECKING:  # what the lazily resolved names below are, for readers and type checkers
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.cfg import DEFAULT_CFG_DICT, smart_value
+    from ultralytics.engine.model import Model
+    from ultralytics.nn.modules import Classify, Conv
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+    from ultralytics.utils import LOGGER
+    from ultralytics.utils.torch_utils import get_flops
+
+__all__ = [
+    "Classify",
+    "Conv",
+    "DEFAULT_CFG_DICT",
+    "LOGGER",
+    "Model",
+    "TASK_MODELS",
+    "YOLO",
+    "cfg_models_root",
+    "check",
+    "get_flops",
+    "guess_model_task",
+    "load_checkpoint",
+    "model_class",
+    "smart_value",
+    "unwrap",
+    "version",
+    "yaml_model_load",
+]
+
+SUPPORTED = "ultralytics>=8.3.65,<8.5"
+
+#: Name here -> ``module:attribute`` in Ultralytics (8.3.65 and 8.4 agree on all of these).
+_NAMES = {
+    "Classify": "ultralytics.nn.modules:Classify",  # nn/ subclasses it (BoTNet's classification head)
+    "Conv": "ultralytics.nn.modules:Conv",  # conv + BN + act, so fuse() and initialize_weights treat ours as theirs
+    "DEFAULT_CFG_DICT": "ultralytics.cfg:DEFAULT_CFG_DICT",  # the training keys `key=value` overrides may name
+    "LOGGER": "ultralytics.utils:LOGGER",  # has a handler and honours YOLO_VERBOSE, like the training lines
+    "Model": "ultralytics.engine.model:Model",  # the YOLO wrapper's base class
+    "YOLO": "ultralytics:YOLO",
+    "get_flops": "ultralytics.utils.torch_utils:get_flops",
+    "guess_model_task": "ultralytics.nn.tasks:guess_model_task",
+    "smart_value": "ultralytics.cfg:smart_value",  # types "3" / "0.01" / "True" as the yolo CLI does
+    "yaml_model_load": "ultralytics.nn.tasks:yaml_model_load",
+}
+
+#: Ultralytics task -> model class in ``ultralytics.nn.tasks``.
+TASK_MODELS = {
+    "detect": "DetectionModel",
+    "segment": "SegmentationModel",
+    "pose": "PoseModel",
+    "obb": "OBBModel",
+    "classify": "ClassificationModel",
+}
+
+# The checkpoint loader was renamed: 8.4 has ``load_checkpoint``, 8.3 ``attempt_load_one_weight``.
+_CHECKPOINT_LOADERS = ("load_checkpoint", "attempt_load_one_weight")
+
+
+def version() -> str:
+    """The installed Ultralytics version (without importing it when it is not imported yet)."""
+    mod = sys.modules.get("ultralytics")
+    found = getattr(mod, "__version__", None)
+    if found is None:
+        from importlib.metadata import version as dist_version
+
+        found = dist_version("ultralytics")
+    return str(found)
+
+
+def _missing(what: str, why: Exception | str) -> ImportError:
+    return ImportError(
+        f"yolo_attn needs {what} from Ultralytics, which the installed {version()} does not provide ({why}); "
+        f"supported: {SUPPORTED}"
+    )
+
+
+def _resolve(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise _missing(f"{module}.{attr}", e) from e
+
+
+def __getattr__(name: str) -> Any:
+    target = _NAMES.get(name)
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = _resolve(target)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def model_class(task: str = "detect") -> type:
+    """The Ultralytics model class for ``task`` (``"detect"`` -> ``DetectionModel``...)."""
+    if task not in TASK_MODELS:
+        raise ValueError(f"task must be one of {', '.join(TASK_MODELS)}, got {task!r}")
+    return _resolve(f"ultralytics.nn.tasks:{TASK_MODELS[task]}")
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """``(model, checkpoint dict)`` of an Ultralytics ``.pt`` file, with Ultralytics' own loader."""
+    tasks = importlib.import_module("ultralytics.nn.tasks")
+    for name in _CHECKPOINT_LOADERS:
+        loader = getattr(tasks, name, None)
+        if loader is not None:
+            return loader(str(path))
+    raise _missing(f"a checkpoint loader ({' or '.join(_CHECKPOINT_LOADERS)}) in ultralytics.nn.tasks", "none found")
+
+
+def unwrap(model: Any) -> torch.nn.Module:
+    """The ``nn.Module`` (``DetectionModel``...) inside an Ultralytics ``YOLO`` object; a module unchanged.
+
+    Raises:
+        TypeError: ``model`` is neither.
+    """
+    import torch
+
+    # ``Model`` is itself an nn.Module, so test it first; a model object exists only once its module is imported.
+    engine = sys.modules.get("ultralytics.engine.model")
+    if engine is not None and isinstance(model, engine.Model):
+        return model.model
+    if isinstance(model, torch.nn.Module):
+        return model
+    raise TypeError(f"expected an nn.Module or an Ultralytics YOLO object, got {type(model).__name__}")
+
+
+def cfg_models_root() -> Path:
+    """The ``cfg/models`` folder of the installed Ultralytics (its model YAMLs: ``v8/yolov8.yaml``...)."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.origin:
+        raise _missing("the ultralytics package", "not installed")
+    return Path(spec.origin).resolve().parent / "cfg" / "models"
+
+
+def check() -> list[str]:
+    """What this package reads from Ultralytics that the installed version lacks (empty: everything is there)."""
+    problems = []
+    for name, target in _NAMES.items():
+        try:
+            _resolve(target)
+        except ImportError as e:
+            problems.append(f"{name}: {e}")
+    for task in TASK_MODELS:
+        try:
+            model_class(task)
+        except ImportError as e:
+            problems.append(f"model class for {task!r}: {e}")
+    tasks = importlib.import_module("ultralytics.nn.tasks")
+    if not any(hasattr(tasks, n) for n in _CHECKPOINT_LOADERS):
+        problems.append(f"checkpoint loader: none of {', '.join(_CHECKPOINT_LOADERS)} in ultralytics.nn.tasks")
+    root = cfg_models_root()
+    if not (root / "v8" / "yolov8.yaml").is_file():
+        problems.append(f"model YAMLs: {root}/v8/yolov8.yaml not found")
+    return problems

@@ -16,17 +16,23 @@ What is measured (the same definitions for blocks and for models):
   that sees the storages of op outputs is used instead (it misses op-internal workspaces, so it reads a little low);
   ``mem_method`` in the result says which one produced the number.
 
+Block benchmark (``yolo-attn bench``): every registered block with :attr:`~yolo_attn.registry.BlockSpec.bench_levels`
+is built as a YAML row would build it (``c1 == c2``, one repeat, its ``level`` filled in) at the input shape
+:data:`LEVEL_SHAPES` gives each level, by :func:`block_cases`; a fourth family's blocks are measured the moment they
+are registered.
+
 Examples:
     >>> import torch
     >>> from yolo_attn.bench import bench_block
     >>> r = bench_block(torch.nn.Conv2d(8, 8, 3, padding=1), (1, 8, 32, 32), iters=3)
-    >>> sorted(r)[:3]
-    ['device', 'iters', 'mem_method']
+    >>> r["mode"], r["shape"], r["ms"] > 0
+    ('fwd+bwd', [1, 8, 32, 32], True)
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import statistics
@@ -39,26 +45,34 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from yolo_attn import registry
+from yolo_attn.markdown import table
 
 __all__ = [
-    "FAMILIES",
+    "IMPLS",
     "LEVEL_SHAPES",
     "BenchCase",
+    "ModelBench",
     "bench_block",
     "bench_model",
     "bench_table",
-    "collect_cases",
+    "block_cases",
     "format_table",
     "peak_memory_mb",
     "resolve_device",
 ]
 
-#: Block families whose helpers publish ``bench_cases()`` in ``yolo_attn/nn/<family>_bench.py``.
-FAMILIES = ("bot", "dat", "coat")
-
 #: Pyramid level -> (B, C, H, W) of the benchmark input: yolov8n's P3/P4/P5 maps at 640, batch 2. The one definition
 #: of the benchmark sizes (block specs name their levels, see :attr:`yolo_attn.registry.BlockSpec.bench_levels`).
 LEVEL_SHAPES: dict[int, tuple[int, int, int, int]] = {5: (2, 256, 20, 20), 4: (2, 128, 40, 40), 3: (2, 64, 80, 80)}
+
+#: Attention implementations each block case is measured with: row label -> the ``impl`` given to
+#: ``yolo_attn.nn.attention.set_attn_impl`` (None: the block as built, i.e. its default fast path).
+#: Seam: once ``set_attn_impl`` exists, list the fast path and its plain twin here (e.g. ``{"fast": ..., "plain": ...}``)
+#: and every block gets both rows; nothing else changes.
+IMPLS: dict[str, str | None] = {"default": None}
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,23 @@ class BenchCase:
     backward: bool | None = None
 
 
+@dataclass(frozen=True)
+class ModelBench:
+    """Inference latency and peak memory of a model per batch size (what a run record keeps).
+
+    Attributes:
+        device: Where it ran.
+        imgsz: ``[h, w]`` of the input.
+        latency_ms: Batch -> median forward latency in ms.
+        peak_mb: Batch -> peak MB the forward allocates above model and input.
+    """
+
+    device: str
+    imgsz: list[int]
+    latency_ms: dict[int, float]
+    peak_mb: dict[int, float]
+
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -94,17 +125,6 @@ def resolve_device(device: str | int | torch.device | None = None) -> torch.devi
     return torch.device(device)
 
 
-def _tensors(out: Any) -> list[torch.Tensor]:
-    """Every floating tensor in a nested output (Ultralytics heads return lists, tuples and dicts)."""
-    if isinstance(out, torch.Tensor):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _tensors(o)]
-    return []
-
-
 def _make_step(module: nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], None]:
     params = [p for p in module.parameters() if p.requires_grad]
 
@@ -112,7 +132,8 @@ def _make_step(module: nn.Module, x: torch.Tensor, backward: bool) -> Callable[[
         if backward:
             for p in params:
                 p.grad = None
-            outs = _tensors(module(x))
+            # Ultralytics heads return nested lists, tuples and dicts; every floating leaf joins the loss
+            outs = [t for t in tree_leaves(module(x)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
             if not outs:
                 raise ValueError(f"{type(module).__name__} returned no floating tensor to backpropagate through")
             sum(o.float().sum() for o in outs).backward()
@@ -162,14 +183,13 @@ class _StorageTracker:
 
     def __init__(self) -> None:
         from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_flatten
 
         tracker = self
 
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                for t in tree_flatten(out)[0]:
+                for t in tree_leaves(out):
                     if isinstance(t, torch.Tensor) and t.device.type == "cpu":
                         tracker.add(t.untyped_storage())
                 return out
@@ -295,95 +315,118 @@ def bench_model(
     warmup: int = 2,
     iters: int = 5,
     channels: int = 3,
-) -> dict:
+) -> ModelBench:
     """Inference latency and peak memory of a detection model at several batch sizes (forward only, eval mode).
 
-    Accepts an Ultralytics ``YOLO`` wrapper or its ``DetectionModel``. Returns flat keys ready for a results store:
-    ``{"latency_ms_b1", "peak_mb_b1", "latency_ms_b8", "peak_mb_b8", "bench_device", "bench_imgsz"}``.
+    Accepts an Ultralytics ``YOLO`` wrapper or its ``DetectionModel``.
     """
-    net = _unwrap(model)
+    from yolo_attn._compat import unwrap
+
+    net = unwrap(model)
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
-    out: dict[str, Any] = {"bench_device": str(resolve_device(device)), "bench_imgsz": [h, w]}
+    latency, peak = {}, {}
     for b in batches:
         r = bench_block(net, (b, channels, h, w), backward=False, warmup=warmup, iters=iters, device=device)
-        out[f"latency_ms_b{b}"] = r["ms"]
-        out[f"peak_mb_b{b}"] = r["peak_mb"]
-    return out
-
-
-def _unwrap(model: Any) -> nn.Module:
-    """The ``DetectionModel`` inside an Ultralytics ``YOLO`` wrapper; any other module unchanged."""
-    from ultralytics.engine.model import Model
-
-    net = model.model if isinstance(model, Model) else model
-    if not isinstance(net, nn.Module):
-        raise ValueError(f"expected an nn.Module or an Ultralytics YOLO object, got {type(model).__name__}")
-    return net
+        latency[int(b)], peak[int(b)] = r["ms"], r["peak_mb"]
+    return ModelBench(str(resolve_device(device)), [h, w], latency, peak)
 
 
 def bench_table(
-    cases: Iterable[dict],
+    cases: Iterable[BenchCase],
     backward: bool = True,
     warmup: int = 2,
     iters: int = 5,
     device: str | torch.device = "cpu",
     flops: bool = True,
 ) -> list[dict]:
-    """Benchmark every case ``{"name", "make": () -> nn.Module, "shape": (B, C, H, W)}``.
+    """Benchmark every case; one row per case: its ``name``, ``family``, ``note``, then :func:`bench_block`'s keys.
 
-    A case may also carry ``"family"`` and ``"note"`` (copied to the row) and its own ``"backward"``. A case that
-    fails to build or run gives a row with an ``"error"`` text instead of stopping the table. With ``flops=True`` the
-    forward GFLOPs at the case's shape (counted by :func:`yolo_attn.flops.count_flops`, attention included) are added.
+    A case that fails to build or run gives a row with an ``"error"`` text instead of stopping the table. With
+    ``flops=True`` the forward GFLOPs at the case's shape (counted by :func:`yolo_attn.flops.count_flops`, attention
+    included) are added as ``gflops``.
     """
+    from yolo_attn.flops import count_flops
+
     rows = []
     for case in cases:
-        row: dict[str, Any] = {k: case[k] for k in ("name", "family", "note") if k in case}
-        row["shape"] = list(case["shape"])
+        row: dict[str, Any] = {"name": case.name, "family": case.family, "note": case.note, "shape": list(case.shape)}
         try:
-            module = case["make"]()
-            row.update(
-                bench_block(
-                    module,
-                    case["shape"],
-                    backward=case.get("backward", backward),
-                    warmup=warmup,
-                    iters=iters,
-                    device=device,
-                )
-            )
+            module = case.make()
+            mode = backward if case.backward is None else case.backward
+            row.update(bench_block(module, case.shape, backward=mode, warmup=warmup, iters=iters, device=device))
             if flops:
-                from yolo_attn.flops import count_flops
-
-                row["gflops"] = count_flops(module, case["shape"], device=device)["gflops"]
+                row["gflops"] = count_flops(module, case.shape, device=device)["gflops"]
         except Exception as e:  # one broken case must not hide the others
             row["error"] = f"{type(e).__name__}: {e}"
-            LOGGER.warning("bench case %s failed: %s", case.get("name"), row["error"])
+            LOGGER.warning("bench case %s failed: %s", case.name, row["error"])
         rows.append(row)
     return rows
 
 
-def collect_cases(families: Iterable[str] | None = None) -> list[dict]:
-    """Gather ``bench_cases()`` from ``yolo_attn.nn.<family>_bench`` for each family; missing modules are skipped.
+def _with_impl(module: nn.Module, impl: str | None) -> nn.Module:
+    """``module`` switched to attention implementation ``impl`` (None: as built). See :data:`IMPLS`."""
+    if impl is None:
+        return module
+    from yolo_attn.nn.attention import set_attn_impl
 
-    Each case gets a ``"family"`` key when it has none.
+    set_attn_impl(module, impl)
+    return module
+
+
+def _build(spec: registry.BlockSpec, channels: int, level: int, impl: str | None) -> nn.Module:
+    """The block as the YAML row ``[-1, 1, <name>, [channels]]`` at pyramid level ``level`` builds it (c1 == c2)."""
+    c2, *extras = spec.yaml_args(channels, level)
+    repeats = [1] if spec.repeats else []
+    return _with_impl(spec.cls(channels, c2, *repeats, *extras), impl)
+
+
+def block_cases(families: Iterable[str] | None = None, names: Iterable[str] | None = None) -> list[BenchCase]:
+    """A case per registered block with bench levels, per level, per entry of :data:`IMPLS`.
+
+    Args:
+        families: Only blocks of these families (default: every block that names bench levels).
+        names: Only blocks whose name contains one of these (case-insensitive).
+
+    Raises:
+        ValueError: An unknown family, or a block naming a level :data:`LEVEL_SHAPES` does not have.
     """
-    import importlib
+    from yolo_attn import integration
 
+    integration.register()  # the package's blocks and YOLO_ATTN_PLUGINS'
+    specs = [sp for sp in registry.specs() if sp.bench_levels]
+    if families is not None:
+        families = list(families)
+        known = sorted({sp.family for sp in specs if sp.family})
+        unknown = [f for f in families if f not in known]
+        if unknown:
+            raise ValueError(f"no benchmarked blocks in family {', '.join(unknown)}; families: {', '.join(known)}")
+        specs = [sp for sp in specs if sp.family in families]
+    if names is not None:
+        wanted = [n.lower() for n in names]
+        specs = [sp for sp in specs if any(n in sp.name.lower() for n in wanted)]
     cases = []
-    for fam in families or FAMILIES:
-        try:
-            mod = importlib.import_module(f"yolo_attn.nn.{fam}_bench")
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith(f"yolo_attn.nn.{fam}_bench"):
-                LOGGER.info("no yolo_attn.nn.%s_bench module yet; skipping family %s", fam, fam)
-                continue
-            raise
-        for case in mod.bench_cases():
-            cases.append({"family": fam, **case})
+    for sp in specs:
+        for level in sp.bench_levels:
+            if level not in LEVEL_SHAPES:
+                raise ValueError(f"{sp.name} names bench level {level}; LEVEL_SHAPES has {sorted(LEVEL_SHAPES)}")
+            shape = LEVEL_SHAPES[level]
+            _, c, h, w = shape
+            for label, impl in IMPLS.items():
+                cases.append(
+                    BenchCase(
+                        name=f"{sp.name} P{level} {h}x{w} c={c} {label}",
+                        make=functools.partial(_build, sp, c, level, impl),
+                        shape=shape,
+                        family=sp.family,
+                        note=f"{sp.role} block, attention: {label}",
+                    )
+                )
     return cases
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         if v != v:  # NaN
             return "-"
@@ -412,18 +455,12 @@ _COLUMNS = [
 
 def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]] | None = None) -> str:
     """A Markdown table of ``rows`` (``bench_table`` output by default); columns nobody filled are dropped."""
-    cols = [c for c in (columns or _COLUMNS) if any(c[0] in r for r in rows)]
+    cols = [c for c in (columns or _COLUMNS) if any(r.get(c[0]) not in (None, "") for r in rows)]
     if not cols:
         return ""
-    cells = [[_fmt(r.get(k, "")) for k, _ in cols] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(cols)]
-    numeric = [all(_is_num(r.get(k)) for r in rows if k in r) for k, _ in cols]
-
-    def line(vals: Sequence[str]) -> str:
-        return "| " + " | ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)) + " |"
-
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
-    return "\n".join([line([h for _, h in cols]), sep, *(line(c) for c in cells)])
+    numeric = [all(_is_num(r.get(k)) for r in rows if r.get(k) is not None) for k, _ in cols]
+    cells = [[_fmt(r.get(k)) for k, _ in cols] for r in rows]
+    return table([h for _, h in cols], cells, align="".join("r" if n else "l" for n in numeric))
 
 
 def _is_num(v: Any) -> bool:

@@ -1,17 +1,28 @@
 """``yolo-attn`` console script: ``ablate``, ``report``, ``demo``, ``bench``, ``flops``, ``insert``, ``generate``, ``info``.
 
-Every sub-command is a thin wrapper over a library function; ``scripts/*.py`` call :func:`main` the same way.
+Every sub-command is a thin wrapper over a library function; ``scripts/*.py`` call :func:`main` the same way. Block
+families are whatever the registry holds (the package's, and those of modules named in ``YOLO_ATTN_PLUGINS``).
 
-Examples:
+Shell examples::
+
     yolo-attn demo                                   # the README's main job (generated data, CPU, < 10 min)
     yolo-attn ablate --data shapes.yaml --blocks bot dat --positions sppf_before neck --seeds 0 1 epochs=3 imgsz=128
     yolo-attn report out/ablate
     yolo-attn flops cfg/yolov8-dat-sppf_before.yaml --imgsz 640
+    yolo-attn insert yolov8.yaml dat sppf_before -o my-variant.yaml
+
+Examples:
+    >>> from yolo_attn.cli import main
+    >>> main(["ablate", "--data", "shapes.yaml", "--blocks", "dat", "--plan-only", "epochs=1"])  # doctest: +ELLIPSIS
+      1/2 ... yolov8n seed=0 (baseline)
+      2/2 ... yolov8n-dat-sppf_before seed=0
+    0
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -24,17 +35,14 @@ __all__ = ["main"]
 
 # --------------------------------------------------------------------------------------------------- bench
 def _cmd_bench(a: argparse.Namespace) -> int:
-    from yolo_attn.bench import bench_table, collect_cases, format_table
+    from yolo_attn.bench import bench_table, block_cases, format_table
 
-    cases = collect_cases(a.family)
-    if a.name:
-        cases = [c for c in cases if any(n.lower() in c["name"].lower() for n in a.name)]
+    cases = block_cases(a.family, a.name)
     if not cases:
-        print("no bench cases found (are yolo_attn/nn/<family>_bench.py written?)", file=sys.stderr)
+        print("no registered block matches (yolo-attn info lists them)", file=sys.stderr)
         return 1
-    rows = bench_table(
-        cases, backward=not a.forward_only, warmup=a.warmup, iters=a.iters, device=a.device, flops=not a.no_flops
-    )
+    given = {k: v for k, v in (("warmup", a.warmup), ("iters", a.iters)) if v is not None}  # else bench's defaults
+    rows = bench_table(cases, backward=not a.forward_only, device=a.device, flops=not a.no_flops, **given)
     print(format_table(rows))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
@@ -44,9 +52,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------- flops
 def _cmd_flops(a: argparse.Namespace) -> int:
-    from ultralytics import YOLO
-
     import yolo_attn
+    from yolo_attn._compat import YOLO
     from yolo_attn.flops import model_flops
 
     yolo_attn.register()
@@ -62,24 +69,21 @@ def _cmd_flops(a: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- ablate
-def _settings(a: argparse.Namespace) -> dict:
-    return {
-        "flops_imgsz": a.flops_imgsz,
-        "bench_imgsz": a.bench_imgsz,
-        "bench_batch": a.bench_batch,
-        "bench_iters": a.bench_iters,
-        "bench_warmup": a.bench_warmup,
-    }
+def _measure(a: argparse.Namespace):
+    from yolo_attn.execute import Measure
+
+    return Measure(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Measure)})
 
 
 def _cmd_ablate(a: argparse.Namespace) -> int:
-    from yolo_attn.sweep import make_plan, parse_overrides, run_sweep
+    import yaml
+
+    from yolo_attn.executors import run_sweep
+    from yolo_attn.plan import make_plan, parse_overrides
 
     train = parse_overrides(a.overrides)
     block_args = {}
     for item in a.block_args or []:
-        import yaml
-
         name, _, val = item.partition(":")
         v = yaml.safe_load(val) if val else []
         block_args[name] = v if isinstance(v, list) else [v]
@@ -100,8 +104,8 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
             print(f"{i:3d}/{len(plan)} {r.key} {r.name} seed={r.seed}{' (baseline)' if r.baseline else ''}")
         return 0
     devices = [d for chunk in a.devices for d in chunk.split(";") if d] if a.devices else None
-    recs = run_sweep(plan, a.out, devices=devices, retry_failed=a.retry_failed, settings=_settings(a))
-    failed = [r for r in recs if r.get("status") != "done"]
+    recs = run_sweep(plan, a.out, devices=devices, retry_failed=a.retry_failed, settings=_measure(a))
+    failed = [r for r in recs if not r.ok]
     print(
         f"{len(recs) - len(failed)}/{len(plan)} runs done, {len(failed)} failed; store: {Path(a.out) / 'results.jsonl'}"
     )
@@ -128,7 +132,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------- demo
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from yolo_attn.sweep import run_demo
+    from yolo_attn.demo import run_demo
 
     paths = run_demo(
         a.out, epochs=a.epochs, imgsz=a.imgsz, n_train=a.n_train, n_val=a.n_val, devices=a.devices, seeds=a.seeds
@@ -138,13 +142,48 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------- insert / generate
+def _cmd_insert(a: argparse.Namespace) -> int:
+    import yaml
+
+    from yolo_attn.edit import dump_variant, make_variant, save_variant, variant_name
+
+    args = yaml.safe_load(a.args) if a.args else []
+    args = args if isinstance(args, list) else [args]
+    d = make_variant(a.base, a.block, a.position, args, n=a.n, validate=not a.no_validate)
+    if a.output == "-":
+        print(dump_variant(d), end="")
+        return 0
+    out = save_variant(d, a.output or f"{variant_name(a.base, a.block, a.position)}.yaml")
+    rec = d["yolo_attn"]
+    rows = len(d.get("backbone") or []) + len(d.get("head") or [])
+    print(f"wrote {out} ({rows} layers; inserted rows {rec['inserted']}, replaced base rows {rec['replaced']})")
+    return 0
+
+
+def _cmd_generate(a: argparse.Namespace) -> int:
+    from yolo_attn.edit import check_generated, families, generate
+    from yolo_attn.integration import cfg_dir
+
+    out = Path(a.out) if a.out else cfg_dir()
+    # the packaged cfg/ holds the package's own families; any other folder gets every registered family
+    blocks = a.families or list(families(packaged=a.out is None))
+    if a.check:
+        bad = check_generated(out, validate=not a.no_validate, blocks=blocks)
+        print("generated variants are up to date" if not bad else f"out of date in {out}: {', '.join(bad)}")
+        return 1 if bad else 0
+    paths = generate(out, blocks=blocks, validate=not a.no_validate)
+    print(f"wrote {len(paths)} variants to {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------- info
 def _cmd_info(a: argparse.Namespace) -> int:
-    import yolo_attn
     from yolo_attn import registry
-    from yolo_attn.sweep import versions
+    from yolo_attn.edit import POSITIONS, families
+    from yolo_attn.execute import versions
 
-    yolo_attn.register()
+    fams = families()  # registers the package's blocks and YOLO_ATTN_PLUGINS'
     for k, v in versions().items():
         print(f"{k:12s} {v}")
     print("blocks:")
@@ -152,21 +191,22 @@ def _cmd_info(a: argparse.Namespace) -> int:
         if sp.name.startswith("_"):
             continue
         print(f"  {sp.name:12s} family={sp.family} role={sp.role} repeats={sp.repeats} ({sp.cls.__module__})")
-    from yolo_attn.edit import FAMILIES, POSITIONS
-
     print(f"positions: {', '.join(POSITIONS)} (neck_p3/neck_p4/neck_p5 for one level)")
-    print(f"families: {', '.join(FAMILIES)}")
+    print(f"families: {', '.join(fams)}")
     return 0
 
 
 # --------------------------------------------------------------------------------------------------- parser
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
+    from yolo_attn.execute import Measure
+
+    m = Measure()
     g = p.add_argument_group("measurements (not part of a run's key)")
-    g.add_argument("--flops-imgsz", type=int, default=640, help="GFLOPs (ours and Ultralytics') at this size")
-    g.add_argument("--bench-imgsz", type=int, default=None, help="latency/memory input size (default: train imgsz)")
-    g.add_argument("--bench-batch", type=int, default=8, help="larger batch timed next to batch 1")
-    g.add_argument("--bench-iters", type=int, default=5, help="timed forward passes (median reported)")
-    g.add_argument("--bench-warmup", type=int, default=2, help="untimed forward passes first")
+    g.add_argument("--flops-imgsz", type=int, default=m.flops_imgsz, help="GFLOPs (ours and Ultralytics') at this size")
+    g.add_argument("--bench-imgsz", type=int, default=m.bench_imgsz, help="latency/memory size (default: train imgsz)")
+    g.add_argument("--bench-batch", type=int, default=m.bench_batch, help="larger batch timed next to batch 1")
+    g.add_argument("--bench-iters", type=int, default=m.bench_iters, help="timed forward passes (median reported)")
+    g.add_argument("--bench-warmup", type=int, default=m.bench_warmup, help="untimed forward passes first")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -182,7 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="dataset YAML")
     s.add_argument("--out", default="runs/yolo_attn/ablate", help="output folder (store, runs, report)")
     s.add_argument("--base", nargs="+", default=None, help="base models (default yolov8n.yaml)")
-    s.add_argument("--blocks", nargs="*", default=["bot", "dat", "coat"], help="families or block names")
+    s.add_argument("--blocks", nargs="*", default=None, help="families or block names (default: every family)")
     s.add_argument("--positions", nargs="*", default=["sppf_before"], help="insertion points (edit.POSITIONS)")
     s.add_argument("--seeds", nargs="+", type=int, default=[0])
     s.add_argument(
@@ -212,7 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--print", action="store_true", help="print the Markdown report")
     r.set_defaults(func=_cmd_report)
 
-    d = sub.add_parser("demo", help="the README main job: baseline + BoT/DAT/CoAt on generated data, CPU, report")
+    d = sub.add_parser("demo", help="the README main job: baseline + each family's variant on generated data, CPU")
     d.add_argument("--out", default="out/demo", help="output folder; the report is <out>/report.md")
     d.add_argument("--epochs", type=int, default=None, help="default: the demo's own")
     d.add_argument("--imgsz", type=int, default=None)
@@ -222,12 +262,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run of every model per seed (spread)")
     d.set_defaults(func=_cmd_demo)
 
-    b = sub.add_parser("bench", help="latency / peak memory / GFLOPs of the blocks' bench cases")
-    b.add_argument("--family", nargs="+", default=None, help="bot, dat, coat (default: all)")
-    b.add_argument("--name", nargs="+", default=None, help="only cases whose name contains one of these")
+    b = sub.add_parser("bench", help="latency / peak memory / GFLOPs of every registered block at its bench levels")
+    b.add_argument("--family", nargs="+", default=None, help="only these families (default: all)")
+    b.add_argument("--name", nargs="+", default=None, help="only blocks whose name contains one of these")
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, 0, auto")
-    b.add_argument("--iters", type=int, default=5, help="timed steps (median reported)")
-    b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    b.add_argument("--iters", type=int, default=None, help="timed steps, median reported (default: bench_block's)")
+    b.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: bench_block's)")
     b.add_argument("--forward-only", action="store_true", help="time inference (no_grad forward) instead of fwd+bwd")
     b.add_argument("--no-flops", action="store_true", help="skip the GFLOPs column")
     b.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -238,12 +278,22 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--imgsz", type=int, nargs="+", default=[640], help="640 or H W")
     f.set_defaults(func=_cmd_flops)
 
-    try:
-        from yolo_attn.edit import add_cli
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        add_cli(sub)
+    n = sub.add_parser("insert", help="insert an attention block into a model YAML at a named position")
+    n.add_argument("base", help="base model YAML: path or Ultralytics name (yolov8.yaml, yolo11.yaml)")
+    n.add_argument("block", help="registered family (yolo-attn info lists them) or block name")
+    n.add_argument("position", help="backbone, sppf_before, sppf_after, neck, head (or neck_p3/neck_p4/neck_p5)")
+    n.add_argument("--args", default="", help="extra block arguments after c2, as a YAML list, e.g. '[8, 2]'")
+    n.add_argument("-n", type=int, default=None, help="YAML repeats of the new rows")
+    n.add_argument("-o", "--output", default=None, help="output YAML (default: <variant name>.yaml; '-' = stdout)")
+    n.add_argument("--no-validate", action="store_true", help="skip building the variant")
+    n.set_defaults(func=_cmd_insert)
+
+    g = sub.add_parser("generate", help="write every base x family x position variant (the cfg/ folder)")
+    g.add_argument("--out", default=None, help="output folder (default: yolo_attn's cfg folder, its own families)")
+    g.add_argument("--families", nargs="+", default=None, help="families or block names (default: all registered)")
+    g.add_argument("--check", action="store_true", help="do not write; exit 1 if the files differ from the generator")
+    g.add_argument("--no-validate", action="store_true", help="skip building each variant")
+    g.set_defaults(func=_cmd_generate)
 
     i = sub.add_parser("info", help="versions, registered blocks, positions")
     i.set_defaults(func=_cmd_info)

@@ -4,9 +4,12 @@ The tests and the README demo train on it, so nothing ever downloads. Same seed,
 (lossless), drawn with PIL from a seeded NumPy generator.
 
 Examples:
+    >>> import tempfile
     >>> from yolo_attn.data import make_shapes_dataset
-    >>> yaml_path = make_shapes_dataset("datasets/shapes", n_train=32, n_val=8, imgsz=128)
-    >>> # yolo train model=cfg/yolov8-bot.yaml data=datasets/shapes/shapes.yaml imgsz=128
+    >>> yaml_path = make_shapes_dataset(tempfile.mkdtemp(), n_train=4, n_val=2, imgsz=32)
+    >>> yaml_path.name, len(list((yaml_path.parent / "images" / "train").glob("*.png")))
+    ('shapes.yaml', 4)
+    >>> # then: yolo train model=cfg/yolov8-bot.yaml data=<yaml_path> imgsz=32
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ def make_shapes_dataset(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python data/make_shapes.py [root] --train N --val N --imgsz S --seed S``: write the set, print its YAML."""
     import argparse
 
     p = argparse.ArgumentParser(description="Generate the tiny shapes detection dataset (YOLO format).")

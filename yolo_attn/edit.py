@@ -18,10 +18,16 @@ Positions (the placements described by BoTNet, the DAT post and the YOLO attenti
 Inserted blocks use the ``insert`` role (residual, zero-initialised branch: identity at init), so a variant with
 transferred weights computes the baseline's detections before training. Replacement does not preserve function.
 
+Which blocks exist is the registry's business (:func:`yolo_attn.registry.families`): a family registered by a plugin
+is inserted, generated and named exactly like the package's own.
+
 Examples:
-    >>> from yolo_attn.edit import make_variant, save_variant, variant_name
-    >>> d = make_variant("yolov8.yaml", "dat", "sppf_before")
-    >>> save_variant(d, f"cfg/{variant_name('yolov8.yaml', 'dat', 'sppf_before')}.yaml")
+    >>> from yolo_attn.edit import make_variant, variant_name
+    >>> d = make_variant("yolov8.yaml", "dat", "neck")
+    >>> d["yolo_attn"]["inserted"], [d["head"][i - 10] for i in d["yolo_attn"]["inserted"]][0]
+    ([16, 20, 24], [-1, 1, 'DATBlock', [256, 3]])
+    >>> variant_name("yolov8.yaml", "dat", "neck")  # save_variant(d, "yolov8-dat-neck.yaml") writes it
+    'yolov8-dat-neck'
 """
 
 from __future__ import annotations
@@ -37,30 +43,27 @@ from typing import Any
 
 import yaml
 
-from yolo_attn import registry
+from yolo_attn import integration, registry
+from yolo_attn._compat import cfg_models_root
 
 __all__ = [
     "POSITIONS",
-    "FAMILIES",
     "BASES",
     "EditError",
+    "families",
     "make_variant",
     "save_variant",
     "load_variant",
+    "dump_variant",
     "variant_name",
     "available_positions",
     "resolve_block",
     "load_base",
     "generate",
-    "add_cli",
+    "check_generated",
 ]
 
 POSITIONS = ("backbone", "sppf_before", "sppf_after", "neck", "head")
-FAMILIES = {
-    "bot": {"insert": "BoT", "csp": "BoT3"},
-    "dat": {"insert": "DATBlock", "csp": "DAT3"},
-    "coat": {"insert": "CoAt", "csp": "CoAt3"},
-}
 BASES = ("yolov8.yaml", "yolo11.yaml")  # the bases `yolo-attn generate` writes variants of
 
 # Row modules treated as "CSP blocks" (the backbone position replaces the last one of these in the backbone).
@@ -85,12 +88,6 @@ class _Insert:
 
 
 # --------------------------------------------------------------------------------------------------- base YAMLs
-def _ultralytics_cfg_root() -> Path:
-    import ultralytics
-
-    return Path(ultralytics.__file__).resolve().parent / "cfg" / "models"
-
-
 def load_base(base: str | Path | dict) -> tuple[dict, str]:
     """Return (model dict, base label) for a path, an Ultralytics model name ("yolov8.yaml") or a dict.
 
@@ -108,9 +105,7 @@ def load_base(base: str | Path | dict) -> tuple[dict, str]:
     name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
     m = re.fullmatch(r"(yolo(?:e-)?v?\d+)([nslmx])(.*)(\.ya?ml)", name)
     candidates = [name] + ([m.group(1) + m.group(3) + m.group(4)] if m else [])
-    from yolo_attn.integration import cfg_dir
-
-    roots = [_ultralytics_cfg_root(), cfg_dir()]
+    roots = [cfg_models_root(), integration.cfg_dir()]
     for cand in candidates:
         for root in roots:
             hits = sorted(root.rglob(cand)) if root.is_dir() else []
@@ -121,7 +116,7 @@ def load_base(base: str | Path | dict) -> tuple[dict, str]:
                 return d, name
     raise EditError(
         f"base model YAML {str(base)!r} not found: not a file, and not a model YAML shipped with Ultralytics "
-        f"({_ultralytics_cfg_root()}) or yolo_attn. Use e.g. 'yolov8.yaml', 'yolo11.yaml' or a path."
+        f"({cfg_models_root()}) or yolo_attn. Use e.g. 'yolov8.yaml', 'yolo11.yaml' or a path."
     )
 
 
@@ -182,15 +177,6 @@ def _level_of(stride: float) -> int:
     return round(lv)
 
 
-def _takes_level(spec: registry.BlockSpec) -> bool:
-    """True when the block's first argument after ``(c1, c2[, n])`` is ``level`` (DATBlock, DAT3)."""
-    import inspect
-
-    params = [p for p in inspect.signature(spec.cls.__init__).parameters.values() if p.name != "self"]
-    extras = params[3 if spec.repeats else 2 :]
-    return bool(extras) and extras[0].name == "level"
-
-
 def _head_levels(rows: list[list]) -> dict[str, int]:
     """``{"p3": old row index, ...}`` for the head inputs."""
     h = _head_index(rows)
@@ -235,17 +221,18 @@ def available_positions(base: str | Path | dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------- blocks
-def families() -> dict[str, dict[str, str]]:
-    """:data:`FAMILIES` plus any family a third-party plugin registered with insert/csp roles."""
-    out = {k: dict(v) for k, v in FAMILIES.items()}
-    for sp in registry.specs():
-        if sp.family and sp.role in ("insert", "csp") and sp.family not in FAMILIES:
-            out.setdefault(sp.family, {}).setdefault(sp.role, sp.name)
-    return out
+def families(packaged: bool = False) -> dict[str, dict[str, str]]:
+    """``{family: {role: block name}}`` once every block is registered (the package's and ``YOLO_ATTN_PLUGINS``').
 
-
-def _ensure_blocks() -> None:
-    import yolo_attn.nn  # noqa: F401  (registers the package's blocks)
+    Args:
+        packaged: Only families whose blocks are defined in yolo_attn itself (what the packaged ``cfg/`` holds).
+    """
+    integration.register()
+    fams = registry.families()
+    if packaged:
+        own = {sp.name for sp in registry.specs() if sp.cls.__module__.startswith("yolo_attn.")}
+        fams = {f: roles for f, roles in fams.items() if set(roles.values()) <= own}
+    return fams
 
 
 def _choices() -> str:
@@ -260,7 +247,6 @@ def resolve_block(block: str, position: str) -> registry.BlockSpec:
     A family ("dat") picks its CSP block for ``backbone`` and its insert block elsewhere. A block name must be a
     registered block with role ``insert`` or ``csp``; ``backbone`` replaces a CSP block, so it needs role ``csp``.
     """
-    _ensure_blocks()
     want = "csp" if position == "backbone" else "insert"
     fams = families()
     if block in fams:
@@ -310,11 +296,10 @@ def _plan(d: dict, rows: list[list], spec: registry.BlockSpec, position: str, ar
         return EditError(f"position {position!r} needs {what}, which {label} does not have; valid: {', '.join(valid)}")
 
     strides = _levels(rows)
-    takes_level = _takes_level(spec)
 
     def block_args(width: int, at: int) -> list:
-        """``[c2, *args]``; a block whose first extra parameter is ``level`` gets the row's pyramid level too."""
-        return [width, _level_of(strides[at]), *args] if takes_level else [width, *args]
+        """``[c2, *args]``; a block that takes a ``level`` gets the row's pyramid level at its place too."""
+        return spec.yaml_args(width, _level_of(strides[at]) if spec.takes_level else None, args)
 
     def block_row(src: int, frm: int = -1) -> list:
         return [frm, 1 if n is None else n, spec.name, block_args(_out_width(rows, src), src)]
@@ -407,11 +392,12 @@ def make_variant(
 
     Args:
         base: Path to a model YAML, an Ultralytics model name ("yolov8.yaml", "yolo11.yaml") or a model dict.
-        block: A family ("bot", "dat", "coat") or a registered block name with role ``insert`` or ``csp``.
+        block: A registered family (``yolo-attn info`` lists them) or a block name with role ``insert`` or ``csp``.
         position: One of :data:`POSITIONS`, or ``neck_p3`` / ``neck_p4`` / ``neck_p5`` for one neck level.
-        args: Extra block arguments after ``c2`` (the YAML row gets ``[c2, *args]``). Blocks whose first extra
-            parameter is ``level`` (DATBlock, DAT3: key stride per pyramid level) get each row's level filled in,
-            ``[c2, level, *args]``, so ``neck`` gives P3, P4 and P5 their own settings.
+        args: Extra block arguments after ``c2`` (the YAML row gets ``[c2, *args]``). Blocks registered with
+            ``takes_level`` (DATBlock, DAT3: key stride per pyramid level) get each row's level filled in at the
+            ``level`` parameter's place (:meth:`~yolo_attn.registry.BlockSpec.yaml_args`), so ``neck`` gives P3, P4
+            and P5 their own settings.
         n: YAML repeats of the new rows (default 1 for inserted blocks, the replaced block's repeats for ``backbone``).
         validate: Build the variant (scale n, or the base's scale) and check its layer count.
 
@@ -474,19 +460,14 @@ def _validate(d: dict, want: int) -> None:
     """Build the variant; its layer count must be the base's plus the inserted rows."""
     import torch
 
-    from yolo_attn import integration
+    from yolo_attn._compat import guess_model_task, model_class
 
     integration.register()
-    from ultralytics.nn import tasks
-
-    task = tasks.guess_model_task(d)
-    cls = {"segment": "SegmentationModel", "pose": "PoseModel", "obb": "OBBModel", "classify": "ClassificationModel"}
-    model_cls = getattr(tasks, cls.get(task, "DetectionModel"))
     dd = copy.deepcopy(d)
     dd.setdefault("scale", next(iter(dd.get("scales") or {"n": 0})))
     dd.setdefault("yaml_file", f"<yolo_attn variant of {d['yolo_attn']['base']}>")
     with torch.no_grad():
-        model = model_cls(dd, ch=dd.get("ch", 3), verbose=False)
+        model = model_class(guess_model_task(d))(dd, ch=dd.get("ch", 3), verbose=False)
     if len(model.model) != want:
         raise EditError(f"variant built with {len(model.model)} layers, expected {want}")
 
@@ -584,84 +565,42 @@ def save_variant(d: dict, path: str | Path) -> Path:
 
 
 def load_variant(path: str | Path) -> dict:
+    """The model dict of a variant YAML (its ``yolo_attn`` record included)."""
     return yaml.safe_load(Path(path).read_text())
 
 
 def generate(
     out_dir: str | Path,
     bases: Iterable[str] = BASES,
-    families_: Iterable[str] = tuple(FAMILIES),
+    blocks: Iterable[str] | None = None,
     positions: Iterable[str] = POSITIONS,
     validate: bool = True,
 ) -> list[Path]:
-    """Write every (base, family, position) variant to ``out_dir`` as ``<variant_name>.yaml``; returns the paths."""
+    """Write every (base, block, position) variant to ``out_dir`` as ``<variant_name>.yaml``; returns the paths.
+
+    ``blocks`` are families or block names (default: every registered family).
+    """
     paths = []
     for base in bases:
-        for fam in families_:
+        for block in list(families()) if blocks is None else blocks:
             for pos in positions:
-                d = make_variant(base, fam, pos, validate=validate)
-                paths.append(save_variant(d, Path(out_dir) / f"{variant_name(base, fam, pos)}.yaml"))
+                d = make_variant(base, block, pos, validate=validate)
+                paths.append(save_variant(d, Path(out_dir) / f"{variant_name(base, block, pos)}.yaml"))
     return paths
 
 
-# --------------------------------------------------------------------------------------------------- CLI
-def add_cli(subparsers) -> None:
-    """Add ``insert`` and ``generate`` subcommands to an ``argparse`` subparsers object (``yolo-attn``)."""
-    p = subparsers.add_parser("insert", help="insert an attention block into a model YAML at a named position")
-    p.add_argument("base", help="base model YAML: path or Ultralytics name (yolov8.yaml, yolo11.yaml)")
-    p.add_argument("block", help=f"family ({', '.join(FAMILIES)}) or registered block name")
-    p.add_argument("position", help=f"one of {', '.join(POSITIONS)} (or neck_p3/neck_p4/neck_p5)")
-    p.add_argument("--args", default="", help="extra block arguments after c2, as a YAML list, e.g. '[8, 2]'")
-    p.add_argument("-n", type=int, default=None, help="YAML repeats of the new rows")
-    p.add_argument("-o", "--output", default=None, help="output YAML (default: <variant name>.yaml; '-' = stdout)")
-    p.add_argument("--no-validate", action="store_true", help="skip building the variant")
-    p.set_defaults(func=_cli_insert)
+def check_generated(cfg: str | Path, validate: bool = False, blocks: Iterable[str] | None = None) -> list[str]:
+    """Names of generated variant files in ``cfg`` that are missing or differ from what the generator writes.
 
-    g = subparsers.add_parser("generate", help="write every base x family x position variant (the cfg/ folder)")
-    g.add_argument("--out", default=None, help="output folder (default: yolo_attn's cfg folder)")
-    g.add_argument("--check", action="store_true", help="do not write; exit 1 if the files differ from the generator")
-    g.add_argument("--no-validate", action="store_true", help="skip building each variant")
-    g.set_defaults(func=_cli_generate)
-
-
-def _cli_insert(a) -> int:
-    args = yaml.safe_load(a.args) if a.args else []
-    args = args if isinstance(args, list) else [args]
-    d = make_variant(a.base, a.block, a.position, args, n=a.n, validate=not a.no_validate)
-    text = dump_variant(d)
-    if a.output == "-":
-        print(text, end="")
-        return 0
-    out = Path(a.output or f"{variant_name(a.base, a.block, a.position)}.yaml")
-    save_variant(d, out)
-    print(
-        f"wrote {out} ({len(_rows(d))} layers; inserted rows {d['yolo_attn']['inserted']}, "
-        f"replaced base rows {d['yolo_attn']['replaced']})"
-    )
-    return 0
-
-
-def check_generated(cfg: str | Path, validate: bool = False) -> list[str]:
-    """Names of generated variant files in ``cfg`` that are missing or differ from what the generator writes."""
+    ``blocks`` default: the package's own families (what the packaged ``cfg/`` holds).
+    """
     import tempfile
 
+    blocks = list(families(packaged=True)) if blocks is None else list(blocks)
     with tempfile.TemporaryDirectory() as tmp:
         bad = []
-        for p in generate(tmp, validate=validate):
+        for p in generate(tmp, blocks=blocks, validate=validate):
             have = Path(cfg) / p.name
             if not have.is_file() or have.read_text() != p.read_text():
                 bad.append(p.name)
         return bad
-
-
-def _cli_generate(a) -> int:
-    from yolo_attn.integration import cfg_dir
-
-    out = Path(a.out) if a.out else cfg_dir()
-    if a.check:
-        bad = check_generated(out, validate=not a.no_validate)
-        print("generated variants are up to date" if not bad else f"out of date in {out}: {', '.join(bad)}")
-        return 1 if bad else 0
-    paths = generate(out, validate=not a.no_validate)
-    print(f"wrote {len(paths)} variants to {out}")
-    return 0

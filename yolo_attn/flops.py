@@ -45,6 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from yolo_attn._compat import unwrap
+
 __all__ = ["count_flops", "model_flops", "ultralytics_flops", "FLOP_RULES", "SDPA_FORWARD_OPS", "SDPA_BACKWARD_OPS"]
 
 LOGGER = logging.getLogger(__name__)
@@ -151,9 +153,7 @@ def count_flops(
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from yolo_attn.bench import _unwrap
-
-    net = _unwrap(model)
+    net = unwrap(model)
     shape = _input_shape(net, shape, batch)
     p = next(iter(net.parameters()), None)
     dev = torch.device(device) if device is not None else (p.device if p is not None else torch.device("cpu"))
@@ -174,16 +174,14 @@ def count_flops(
 
 
 def ultralytics_flops(model: nn.Module, imgsz: int | Sequence[int] = 640, fuse: bool = True) -> float:
-    """Ultralytics' own GFLOPs figure (``ultralytics.utils.torch_utils.get_flops``) at ``imgsz``.
+    """Ultralytics' own GFLOPs figure (its ``get_flops``) at ``imgsz``.
 
     With ``fuse=True`` it is taken on a BN-fused copy, as Ultralytics reports it after training (``0.0`` means its
     profiler failed: it swallows every exception).
     """
-    from ultralytics.utils.torch_utils import get_flops
+    from yolo_attn._compat import get_flops
 
-    from yolo_attn.bench import _unwrap
-
-    net = _unwrap(model)
+    net = unwrap(model)
     if fuse and hasattr(net, "fuse"):
         net = copy.deepcopy(net)
         try:

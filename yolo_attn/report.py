@@ -1,11 +1,11 @@
 """Report of an ablation: Markdown and CSV tables and PNG plots, read from the results store only.
 
-Inputs: ``<out>/results.jsonl`` written by :mod:`yolo_attn.sweep` (nothing else is read: no Ultralytics run folder,
-no model). Outputs (default ``<out>/report/``):
+Input: a results store (:class:`yolo_attn.store.ResultStore`, ``<out>/results.jsonl``); nothing else is read (no
+Ultralytics run folder, no model). Outputs (default ``<out>/report/``):
 
 - ``report.md``: settings and environment, a table per configuration (mean and spread over seeds, change of
   mAP50-95 against the baseline of the same seed), a table per run, failed runs with their error, the plots.
-- ``results.csv``: one row per run, every scalar field of the store.
+- ``results.csv``: one row per run, every scalar field of the record.
 - ``map_vs_gflops.png``: mAP50-95 against GFLOPs counted at the real size (attention included), the Pareto front,
   the baseline marked, and Ultralytics' own GFLOPs figure as a hollow marker joined to ours, so the gap is visible.
 - ``delta_by_position.png``: per insertion point and block family, the change of mAP50-95 against the baseline (bars:
@@ -15,8 +15,15 @@ no model). Outputs (default ``<out>/report/``):
 Plots use matplotlib's Agg canvas directly (no pyplot, no global backend change).
 
 Examples:
+    >>> import tempfile
     >>> from yolo_attn.report import write_report
-    >>> paths = write_report("out/ablate")  # {"markdown": ..., "csv": ..., "plots": [...]}
+    >>> from yolo_attn.store import ResultStore, RunRecord
+    >>> folder = tempfile.mkdtemp()
+    >>> ResultStore(folder).append(RunRecord("k0", name="yolov8n", status="done", baseline=True, seed=0,
+    ...                                      map50_95=0.3, gflops=8.7, gflops_ultralytics=8.7))
+    >>> paths = write_report(folder)
+    >>> paths["markdown"].name, [p.name for p in paths["plots"]]
+    ('report.md', ['map_vs_gflops.png', 'cost.png'])
 """
 
 from __future__ import annotations
@@ -30,23 +37,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from yolo_attn.sweep import STORE_NAME, ResultStore
+from yolo_attn.markdown import table
+from yolo_attn.store import ResultStore, RunRecord
 
-__all__ = ["load_records", "summarize", "pareto_front", "write_report", "markdown_table"]
+__all__ = ["load_records", "summarize", "pareto_front", "write_report"]
 
 
 # --------------------------------------------------------------------------------------------------- data
-def _store_path(store: str | Path) -> Path:
-    p = Path(store)
-    return p / STORE_NAME if p.is_dir() else p
-
-
-def load_records(store: str | Path) -> list[dict]:
+def load_records(store: str | Path) -> list[RunRecord]:
     """Latest record per run from a sweep folder or a ``results.jsonl`` path, in file order."""
-    path = _store_path(store)
+    path = ResultStore(store).path
     if not path.is_file():
         raise FileNotFoundError(f"no results store at {path} (run `yolo-attn ablate ... --out {path.parent}` first)")
     return list(ResultStore(path).records().values())
+
+
+def _flat(r: RunRecord | Mapping) -> dict:
+    """A record as one level of keys (``latency_ms_b1``...), whichever form it came in."""
+    return (r if isinstance(r, RunRecord) else RunRecord.from_dict(r)).flat()
 
 
 def _num(v: Any) -> float | None:
@@ -86,11 +94,11 @@ def _baseline_of(r: Mapping, bases: Mapping[tuple, Mapping]) -> Mapping | None:
     return bases.get((g, s, _stem(r))) or bases.get((g, s, None))
 
 
-def _with_deltas(records: Sequence[Mapping]) -> list[dict]:
+def _with_deltas(records: Sequence[RunRecord | Mapping]) -> list[dict]:
+    records = [_flat(r) for r in records]
     bases = _baselines(records)
     out = []
     for r in records:
-        r = dict(r)
         b = _baseline_of(r, bases)
         if b is not None and r.get("status") == "done":
             for k in ("map50_95", "map50", "gflops", "params", "latency_ms_b1"):
@@ -110,7 +118,7 @@ def _std(xs: Sequence[float]) -> float | None:
     return statistics.stdev(xs) if len(xs) > 1 else None
 
 
-def summarize(records: Sequence[Mapping]) -> list[dict]:
+def summarize(records: Sequence[RunRecord | Mapping]) -> list[dict]:
     """One row per configuration (base model, block, position, args, comparison group), aggregated over seeds."""
     rows = _with_deltas(records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -201,19 +209,6 @@ def _pm(mean: float | None, std: float | None, nd: int = 4, signed: bool = False
     return s + (f" ± {std:.{nd}f}" if std is not None else "")
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
-    """A GitHub Markdown table; ``align`` is one char per column, ``l`` or ``r`` (default: first left, rest right)."""
-    align = align or ("l" + "r" * (len(header) - 1))
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
-
-    def line(vals):
-        return "| " + " | ".join(v.ljust(w) if a == "l" else v.rjust(w) for v, w, a in zip(vals, widths, align)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 1) + ":" if a == "r" else "-" * (w + 2) for w, a in zip(widths, align)) + "|"
-    return "\n".join([line(header), sep, *(line(r) for r in cells)])
-
-
 def _summary_table(summary: Sequence[Mapping]) -> str:
     anyn = next((r.get("bench_batch") for r in summary if r.get("bench_batch")), None)
     header = [
@@ -245,7 +240,7 @@ def _summary_table(summary: Sequence[Mapping]) -> str:
         if anyn:
             row += [_f(r.get("latency_ms_bN"), 1), _f(r.get("peak_mb_bN"), 1)]
         rows.append(row)
-    return markdown_table(header, rows)
+    return table(header, rows)
 
 
 def _runs_table(rows: Sequence[Mapping]) -> str:
@@ -266,7 +261,7 @@ def _runs_table(rows: Sequence[Mapping]) -> str:
                 str(r.get("key"))[:8],
             ]
         )
-    return markdown_table(header, body, align="lrlrrrrrrl")
+    return table(header, body, align="lrlrrrrrrl")
 
 
 _CSV_FIRST = [
@@ -322,16 +317,14 @@ def _write_csv(rows: Sequence[Mapping], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- plots
-_FAMILY_COLORS = {"bot": "#1f77b4", "dat": "#d62728", "coat": "#2ca02c", None: "#7f7f7f"}
-_EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#ff7f0e"]
+# Families get colours in the order the summary lists them (the report knows no family names); the baseline is black.
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#ff7f0e"]
 
 
-def _color(family: str | None, seen: dict) -> str:
-    if family in _FAMILY_COLORS:
-        return _FAMILY_COLORS[family]
-    if family not in seen:
-        seen[family] = _EXTRA_COLORS[len(seen) % len(_EXTRA_COLORS)]
-    return seen[family]
+def _family_colors(summary: Sequence[Mapping]) -> dict:
+    """The same family -> colour map for every plot of a summary (families without a name are grey)."""
+    fams = [f for f in dict.fromkeys(r["family"] for r in summary) if f is not None]
+    return {None: "#7f7f7f", **{f: _COLORS[i % len(_COLORS)] for i, f in enumerate(fams)}}
 
 
 def _figure(w: float = 7.5, h: float = 5.0):
@@ -349,9 +342,9 @@ def plot_map_vs_gflops(summary: Sequence[Mapping], path: Path, title: str = "") 
         return None
     fig = _figure()
     ax = fig.add_subplot(111)
-    extra: dict = {}
+    colors = _family_colors(summary)
     for r in pts:
-        c = "black" if r["baseline"] else _color(r["family"], extra)
+        c = "black" if r["baseline"] else colors[r["family"]]
         marker = "*" if r["baseline"] else "o"
         ul = r.get("gflops_ultralytics")
         if ul is not None and abs(ul - r["gflops"]) > 1e-3 * max(r["gflops"], 1e-9):
@@ -395,7 +388,7 @@ def plot_delta_by_position(summary: Sequence[Mapping], path: Path, title: str = 
     families = list(dict.fromkeys(r["family"] for r in rows))
     fig = _figure(max(6.0, 1.6 * len(positions) + 2), 4.8)
     ax = fig.add_subplot(111)
-    extra: dict = {}
+    colors = _family_colors(summary)
     labelled: set = set()
     for i, pos in enumerate(positions):
         here = sorted(
@@ -408,7 +401,7 @@ def plot_delta_by_position(summary: Sequence[Mapping], path: Path, title: str = 
             vals = r["d_map50_95_all"]
             lo, hi = min(vals), max(vals)
             label = None if fam in labelled else (fam or "other")
-            ax.bar(x, r["d_map50_95"], width * 0.9, color=_color(fam, extra), alpha=0.75, label=label)
+            ax.bar(x, r["d_map50_95"], width * 0.9, color=colors[fam], alpha=0.75, label=label)
             labelled.add(fam)
             if len(vals) > 1:  # spread across seeds: min-max whisker, each seed a dot
                 ax.errorbar(
@@ -446,8 +439,8 @@ def plot_cost(summary: Sequence[Mapping], path: Path, title: str = "") -> Path |
     fig = _figure(max(7.0, 1.1 * len(rows) + 3), 4.6)
     axes = fig.subplots(1, 3)
     x = list(range(len(rows)))
-    extra: dict = {}
-    colors = ["black" if r["baseline"] else _color(r["family"], extra) for r in rows]
+    family_colors = _family_colors(summary)
+    colors = ["black" if r["baseline"] else family_colors[r["family"]] for r in rows]
     ax = axes[0]
     ax.bar([i - 0.2 for i in x], [r["gflops"] for r in rows], 0.4, color=colors, label="counted (attention incl.)")
     ax.bar(
@@ -519,8 +512,8 @@ def write_report(store: str | Path, out: str | Path | None = None, title: str | 
         out: Report folder (default ``<sweep folder>/report``).
         title: Report title.
     """
-    path = _store_path(store)
-    records = load_records(path)
+    path = ResultStore(store).path
+    records = [_flat(r) for r in load_records(path)]
     out = Path(out) if out else path.parent / "report"
     out.mkdir(parents=True, exist_ok=True)
     rows = _with_deltas(records)

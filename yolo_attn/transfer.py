@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from yolo_attn._compat import load_checkpoint, unwrap
+
 __all__ = ["TransferReport", "transfer", "record", "layer_map", "remap_state_dict", "reindex_weights"]
 
 LOGGER = logging.getLogger("yolo_attn")
@@ -172,20 +174,12 @@ def remap_state_dict(csd: Mapping, model: Any, src: Any = None, index_map: Mappi
 
 
 # --------------------------------------------------------------------------------------------------- loading
-def _load_checkpoint(path: str | Path):
-    """(model, ckpt) with Ultralytics' own loader (name differs across supported versions)."""
-    from ultralytics.nn import tasks
-
-    loader = getattr(tasks, "load_checkpoint", None) or tasks.attempt_load_one_weight
-    return loader(str(path))
-
-
 def _source(weights: Any) -> tuple[Any, Mapping, str]:
     """(source module or None, its state dict, label) for a path, checkpoint dict, module or state dict."""
     import torch
 
     if isinstance(weights, (str, Path)):
-        model, _ = _load_checkpoint(weights)
+        model, _ = load_checkpoint(weights)
         return model, model.float().state_dict(), str(weights)
     if isinstance(weights, Mapping):
         cand = weights.get("ema") or weights.get("model")
@@ -195,21 +189,9 @@ def _source(weights: Any) -> tuple[Any, Mapping, str]:
             return None, weights, "state dict"
         raise TypeError("weights dict is neither an Ultralytics checkpoint (with 'model'/'ema') nor a state dict")
     if isinstance(weights, torch.nn.Module):
-        src = _net(weights)
+        src = unwrap(weights)
         return src, src.float().state_dict(), getattr(src, "pt_path", None) or type(src).__name__
     raise TypeError(f"unsupported weights type {type(weights).__name__}; pass a path, checkpoint dict or module")
-
-
-def _net(model: Any):
-    """The Ultralytics model (``DetectionModel``...) inside a YOLO object, or the model itself."""
-    import torch
-    from ultralytics.engine.model import Model
-
-    if isinstance(model, Model):  # YOLO object: forwards attribute reads to its model, so test the type
-        return model.model
-    if isinstance(model, torch.nn.Module):
-        return model
-    raise TypeError(f"cannot find an Ultralytics model in {type(model).__name__}")
 
 
 def _report(renamed: Mapping, dropped: Mapping, dst_sd: Mapping, source: str, lmap) -> tuple[dict, TransferReport]:
@@ -253,11 +235,16 @@ def transfer(model: Any, weights: Any, index_map: Mapping[int, int] | None = Non
         TransferReport: ``n_transferred`` / ``n_new`` / ``n_skipped``, with the keys.
 
     Examples:
-        >>> from ultralytics import YOLO
-        >>> model = YOLO("cfg/yolov8-dat-sppf_before.yaml")
-        >>> transfer(model, "yolov8n.pt").n_new  # only the inserted block's tensors are new
+        >>> from yolo_attn._compat import model_class
+        >>> from yolo_attn.edit import load_base, make_variant
+        >>> build = model_class("detect")
+        >>> base = build({**load_base("yolov8.yaml")[0], "scale": "n"}, verbose=False)  # or YOLO("yolov8n.pt")
+        >>> variant = build({**make_variant("yolov8.yaml", "dat", "sppf_before"), "scale": "n"}, verbose=False)
+        >>> rep = transfer(variant, base, verbose=False)
+        >>> rep.n_transferred == len(base.state_dict()), rep.new_layers  # only the inserted row starts fresh
+        (True, [9])
     """
-    net = _net(model)
+    net = unwrap(model)
     src, csd, label = _source(weights)
     lmap = {int(k): int(v) for k, v in index_map.items()} if index_map is not None else layer_map(net, src)
     renamed, dropped = _split(csd, lmap)
@@ -341,9 +328,6 @@ def _has_record(weights: Any) -> bool:
 
 
 def _log(msg: str) -> None:
-    try:
-        from ultralytics.utils import LOGGER as UL_LOGGER  # the stock CLI shows this logger
+    from yolo_attn._compat import LOGGER as UL_LOGGER  # the stock CLI shows this logger
 
-        UL_LOGGER.info(msg)
-    except ImportError:  # pragma: no cover
-        LOGGER.info(msg)
+    UL_LOGGER.info(msg)

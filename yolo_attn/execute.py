@@ -1,0 +1,294 @@
+"""One run: build the model (inserting the block), transfer pretrained weights, train, validate, measure.
+
+:func:`execute` turns a :class:`yolo_attn.plan.Run` into a :class:`yolo_attn.store.RunRecord` and never raises for a
+failure of the run itself: a run that raises is returned with ``status="failed"``, its error and traceback, so a sweep
+goes on. The variant YAML goes to ``<out>/models/``, Ultralytics' run folder to ``<out>/runs/``.
+
+Measurements after training (:class:`Measure`, not part of the run's key): GFLOPs at ``flops_imgsz`` counted by
+:func:`yolo_attn.flops.model_flops` (attention included) next to Ultralytics' figure, and the latency / peak memory of
+the BN-fused model at batch 1 and ``bench_batch`` (:func:`yolo_attn.bench.bench_model`). A failing measurement is
+recorded in ``measure_error``; the run still counts as done.
+
+Files a run keeps beside its record (per-image validation matches for paired statistics, say) belong in
+``ResultStore(out).artifacts_dir(run.key)`` and are listed in :attr:`yolo_attn.store.RunRecord.artifacts` (paths
+relative to ``out``), so the report and statistics find them from the store alone.
+
+Examples:
+    >>> import tempfile
+    >>> from yolo_attn.execute import Measure, execute
+    >>> from yolo_attn.plan import Run
+    >>> rec = execute(Run("no-such-model.yaml", "shapes.yaml"), tempfile.mkdtemp())  # fails fast, does not raise
+    >>> rec.status, rec.error
+    ('failed', "FileNotFoundError: 'no-such-model.yaml' does not exist")
+    >>> Measure(bench_imgsz=64).bench_batch
+    8
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import os
+import platform
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from yolo_attn.plan import Run, model_dict
+from yolo_attn.store import RunRecord
+
+__all__ = ["Measure", "execute", "failed_record", "versions"]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How a finished run is measured. The one place these defaults live (the CLI options and the demo use them).
+
+    Attributes:
+        flops_imgsz: GFLOPs (ours and Ultralytics') at this size; 640 is what papers and Ultralytics quote.
+        bench_imgsz: Latency / memory input size; None = the training imgsz.
+        bench_batch: The larger batch timed next to batch 1.
+        bench_iters: Timed forward passes (the median is recorded).
+        bench_warmup: Untimed forward passes first.
+    """
+
+    flops_imgsz: int = 640
+    bench_imgsz: int | None = None
+    bench_batch: int = 8
+    bench_iters: int = 5
+    bench_warmup: int = 2
+
+    @classmethod
+    def of(cls, settings: Measure | Mapping[str, Any] | None) -> Measure:
+        """``settings`` as a :class:`Measure` (a mapping may give some fields; None gives the defaults)."""
+        if isinstance(settings, Measure):
+            return settings
+        settings = dict(settings or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise ValueError(f"unknown measurement setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that can change a result."""
+    import torch
+
+    import yolo_attn
+    from yolo_attn import _compat
+
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ultralytics": _compat.version(),
+        "yolo_attn": yolo_attn.__version__,
+        "platform": platform.platform(),
+    }
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        out["thop"] = version("ultralytics-thop")
+    if torch.cuda.is_available():
+        out["cuda"] = torch.version.cuda
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _record(run: Run, device: str) -> RunRecord:
+    """The record of ``run`` before anything ran: what it is, where and when it started."""
+    return RunRecord(
+        key=run.key,
+        name=run.name,
+        status="running",
+        baseline=run.baseline,
+        base=Path(str(run.model)).name,
+        model=str(run.model),
+        block=run.block,
+        position=run.position,
+        args=list(run.args),
+        seed=run.seed,
+        data=run.data,
+        train=dict(run.train),
+        pretrained=run.pretrained,
+        device=str(device),
+        started=_now(),
+        pid=os.getpid(),
+    )
+
+
+def failed_record(run: Run, device: str, error: str, trace: str = "", wall_s: float = 0.0) -> RunRecord:
+    """The record of a run that failed outside :func:`execute` (e.g. its worker process died)."""
+    rec = _record(run, device)
+    rec.status, rec.error, rec.traceback, rec.wall_s, rec.finished = "failed", error, trace, wall_s, _now()
+    return rec
+
+
+def _family(block: str | None) -> str | None:
+    from yolo_attn import registry
+
+    if block is None:
+        return None
+    if block in registry.families():
+        return block
+    return registry.get_spec(block).family if block in registry.block_names() else None
+
+
+def _metrics(metrics: Any, trainer: Any) -> dict[str, float | None]:
+    box = getattr(metrics, "box", None)
+    if box is not None:
+        return {
+            "map50": float(box.map50),
+            "map50_95": float(box.map),
+            "precision": float(box.mp),
+            "recall": float(box.mr),
+            "fitness": float(getattr(metrics, "fitness", float("nan"))),
+        }
+    m = getattr(trainer, "metrics", {}) or {}  # DDP: metrics come back through the trainer's last validation
+    return {
+        "map50": m.get("metrics/mAP50(B)"),
+        "map50_95": m.get("metrics/mAP50-95(B)"),
+        "precision": m.get("metrics/precision(B)"),
+        "recall": m.get("metrics/recall(B)"),
+    }
+
+
+def _blocks_in(d: Mapping) -> dict[str, str]:
+    """Block names and family of the registered blocks a hand-written model YAML uses (no ``yolo_attn`` record)."""
+    from yolo_attn import registry
+
+    fam = {sp.name: sp.family for sp in registry.specs() if sp.family}
+    names = [r[2] for r in [*(d.get("backbone") or []), *(d.get("head") or [])] if len(r) > 2 and r[2] in fam]
+    names = list(dict.fromkeys(names))
+    return {"block": "+".join(names), "family": fam[names[0]]} if names else {}
+
+
+def _variant_yaml(run: Run, out: Path) -> tuple[str, dict]:
+    from yolo_attn.edit import make_variant, save_variant
+
+    d = make_variant(run.model, run.block, run.position, run.args)
+    # Ultralytics reads the scale from the file name ("yolov8n-..." -> n) and first tries the name with the scale
+    # letter removed ("yolov8-dat-sppf_before.yaml"), which yolo_attn's packaged cfg/ would answer with a different
+    # model; the key suffix keeps that lookup from matching anything.
+    path = out / "models" / f"{run.name}-{run.key[:8]}.yaml"
+    save_variant(d, path)
+    return str(path), d["yolo_attn"]
+
+
+def _measure(net: Any, rec: RunRecord, settings: Measure, device: str) -> None:
+    """Both GFLOPs figures, then latency / peak memory of the BN-fused model, into ``rec``."""
+    from yolo_attn.bench import bench_model, resolve_device
+    from yolo_attn.flops import model_flops
+
+    fl = model_flops(net, settings.flops_imgsz, device="cpu")
+    rec.gflops, rec.gflops_ultralytics, rec.gflops_imgsz = fl["gflops"], fl["gflops_ultralytics"], settings.flops_imgsz
+    rec.gflops_by_op = fl["gflops_by_op"]
+    fused = net
+    if hasattr(net, "fuse"):
+        try:
+            fused = net.fuse(verbose=False)
+        except Exception as e:  # latency of the unfused model is still a figure; say so
+            rec.fuse_error = f"{type(e).__name__}: {e}"
+    b = bench_model(
+        fused,
+        settings.bench_imgsz or rec.imgsz,
+        batches=sorted({1, int(settings.bench_batch)}),
+        device=resolve_device(str(device).split(",")[0] or "cpu"),
+        warmup=settings.bench_warmup,
+        iters=settings.bench_iters,
+    )
+    rec.bench_device, rec.bench_imgsz, rec.latency_ms, rec.peak_mb = b.device, b.imgsz, b.latency_ms, b.peak_mb
+    rec.bench_batch = settings.bench_batch
+
+
+def execute(
+    run: Run, out: str | os.PathLike, device: str = "cpu", settings: Measure | Mapping | None = None
+) -> RunRecord:
+    """Train and measure one run; never raises for a failure of the run itself (the record says ``failed``).
+
+    Args:
+        run: What to train.
+        out: Sweep folder (``models/`` and ``runs/`` are written below it).
+        device: Ultralytics device string (``cpu``, ``0``, ``0,1`` for DDP).
+        settings: Measurements after training (default :class:`Measure`).
+    """
+    import torch
+
+    out = Path(out)
+    settings = Measure.of(settings)
+    t0 = time.time()
+    rec = _record(run, device)
+    rec.versions = versions()
+    try:
+        import yolo_attn
+        from yolo_attn._compat import YOLO
+
+        yolo_attn.register()
+        rec.family = _family(run.block)
+        model_path = str(run.model)
+        if run.block is not None:
+            model_path, made = _variant_yaml(run, out)
+            rec.family, rec.block, rec.inserted = made.get("family"), made.get("block"), made.get("inserted")
+        else:  # a YAML named directly may itself be a generated variant: report its block and position
+            d = model_dict(model_path) or {}
+            made = d.get("yolo_attn") or _blocks_in(d)
+            for k in ("block", "family", "position", "inserted"):
+                if made.get(k):
+                    setattr(rec, k, made[k])
+        rec.model_yaml = model_path
+        if run.pretrained:
+            from yolo_attn.transfer import transfer
+
+            rep = transfer(YOLO(model_path).model, run.pretrained, verbose=False)
+            rec.transfer = {"transferred": rep.n_transferred, "new": rep.n_new, "skipped": rep.n_skipped}
+        model = YOLO(model_path)
+        t_train = time.time()
+        metrics = model.train(
+            data=run.data,
+            seed=run.seed,
+            device=device,
+            project=str((out / "runs").resolve()),
+            name=f"{run.name}-{run.key[:8]}",
+            exist_ok=True,
+            pretrained=run.pretrained or False,
+            **{"plots": False, **run.train},
+        )
+        rec.train_s = time.time() - t_train
+        for k, v in _metrics(metrics, model.trainer).items():
+            setattr(rec, k, v)
+        rec.save_dir = str(getattr(model.trainer, "save_dir", ""))
+        rec.epochs = getattr(model.trainer, "epochs", run.train.get("epochs"))
+        imgsz = getattr(model.trainer.args, "imgsz", run.train.get("imgsz", 640))
+        rec.imgsz = int(max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz)
+
+        net = copy.deepcopy(model.model).float().eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        rec.params = sum(p.numel() for p in net.parameters())
+        rec.status = "done"  # trained and validated; a measurement failure below is recorded, not fatal
+        try:
+            _measure(net, rec, settings, device)
+        except Exception as e:
+            rec.measure_error = f"{type(e).__name__}: {e}"
+    except Exception as e:  # the run failed; the sweep goes on
+        rec.status = "failed"
+        rec.error = f"{type(e).__name__}: {e}"
+        rec.traceback = traceback.format_exc()[-4000:]
+    finally:
+        with contextlib.suppress(Exception):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    rec.wall_s = time.time() - t0
+    rec.finished = _now()
+    return rec
