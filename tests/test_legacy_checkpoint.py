@@ -64,8 +64,8 @@ def test_legacy_checkpoint_loads_in_a_fresh_process(tmp_path, safe):
 
     from conftest import subprocess_env
     code = (
-        "from ultralytics import YOLO; import torch; m = YOLO(r'%s'); "
-        "y = m.model.float().eval()(torch.zeros(1, 3, 64, 64)); print('ok', type(y).__name__)" % CKPT
+        f"from ultralytics import YOLO; import torch; m = YOLO(r'{CKPT}'); "
+        "y = m.model.float().eval()(torch.zeros(1, 3, 64, 64)); print('ok', type(y).__name__)"
     )
     r = subprocess.run(
         [sys.executable, "-c", code],
