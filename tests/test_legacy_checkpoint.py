@@ -63,6 +63,7 @@ def test_legacy_checkpoint_loads_in_a_fresh_process(tmp_path, safe):
     import sys
 
     from conftest import subprocess_env
+
     code = (
         f"from ultralytics import YOLO; import torch; m = YOLO(r'{CKPT}'); "
         "y = m.model.float().eval()(torch.zeros(1, 3, 64, 64)); print('ok', type(y).__name__)"
