@@ -94,9 +94,9 @@ _GRID = np.linspace(0.0, 1.0, 101)  # Ultralytics' 101-point COCO recall grid, s
 _TRAPZ = np.zeros(101)
 _TRAPZ[:-1] += np.diff(_GRID) / 2
 _TRAPZ[1:] += np.diff(_GRID) / 2
-# sums of the weights (and weights * x) from grid point k to 99, for integrating a straight tail in closed form
-_TRAPZ_TAIL = np.r_[np.cumsum(_TRAPZ[:100][::-1])[::-1], 0.0]
-_TRAPZ_X_TAIL = np.r_[np.cumsum((_TRAPZ * _GRID)[:100][::-1])[::-1], 0.0]
+# running sums of the weights (and weights * x) over grid points 0 .. k-1: piecewise-linear integrands in closed form
+_CUM = np.concatenate([[0.0], np.cumsum(_TRAPZ[:100])])
+_CUM_X = np.concatenate([[0.0], np.cumsum((_TRAPZ * _GRID)[:100])])
 _CHUNK = 64  # resamples per random stream: results do not depend on batch size or worker count
 Label = Literal["better", "worse", "no detectable difference"]
 
@@ -668,6 +668,8 @@ class _Engine:
         self.e_base = self.seg_start[e_seg]  # column in the zero-padded running TP sum
         self.e_seg, self.e_cls = e_seg, e_seg // T
         self.nonempty = self.seg_end > self.seg_start
+        self.is_start = np.zeros(self.M, bool)
+        self.is_start[self.seg_start[self.nonempty]] = True
         # Suffix maxima must not leak across segments: lift each segment above all later ones (precision <= 1).
         self.seg_off = 2.0 * (S - 1 - np.arange(S))
         self.e_off = self.seg_off[e_seg]
@@ -726,35 +728,31 @@ class _Engine:
         below = (cum - np.repeat(np.concatenate([[0], cum])[base], size)).astype(np.int8)  # 0..100: stays in cache
         base = base.reshape(B, C).astype(np.int32)
 
-        # Grid points k < below[hi] of a segment lie under the recall of the blocks so far: a block serves the
-        # points from the previous block's count up to its own. Mark each serving block there and fill forward.
+        # Block e holds levels lo+1 .. hi, so it serves the grid points k in [below[lo], below[hi]): at those with
+        # level lo+1, np.interp runs from the envelope just before the block, max(r, v), to the block's envelope v;
+        # at the others it is flat at v. Only blocks that serve some grid point matter.
         cnt = below[base[:, self.e_cls] + hi]
-        prev = np.zeros_like(cnt)
-        prev[:, 1:] = cnt[:, :-1]
-        prev[:, self.seg_start[self.nonempty]] = 0
-        sb, se = np.nonzero(cnt > prev)
-        fill = np.full(B * S * 100, -1, np.int64)
-        fill[(sb * S + self.e_seg[se]) * 100 + prev[sb, se]] = sb * M + se
-        fill = np.maximum.accumulate(fill.reshape(B * S, 100), axis=1).ravel()
-
-        # The grid points below the highest recall (a prefix of k per segment), as flat lists.
-        n_valid = below[base[:, :, None] + t_seg.reshape(B, C, T)].reshape(B * S)
-        bs = np.repeat(np.arange(B * S), n_valid)  # flat (weighting, segment)
-        first = np.zeros(B * S, np.int64)
-        np.cumsum(n_valid[:-1], out=first[1:])
-        k = np.arange(len(bs)) - np.repeat(first, n_valid)
-        e = fill[bs * 100 + k]
-        lo = hi.ravel()[e]
-        w_e = we.ravel()[e]
-        before = cae.ravel()[e] - w_e  # weighted predictions before the block
-        lo -= w_e
-        v = env.ravel()[e] - np.repeat(np.tile(self.seg_off, B), n_valid)
-        r = np.where(before > 0, lo / before, 1.0)  # precision just before the block; none: start sentinel (0, 1)
-        # np.interp between (lo/n, max(r, v)) and ((lo+1)/n, v), then flat at v over the block's other levels
-        bck = np.repeat(np.arange(B * C).repeat(T), n_valid) * 100 + k
-        y = v + np.maximum(r - v, 0.0) * np.maximum(lo + 1 - xn.ravel()[bck], 0.0)
-        ap = np.bincount(bs, y * _TRAPZ[k], minlength=B * S).astype(np.float64).reshape(B, S)  # int if empty
-        n_valid = n_valid.reshape(B, S)
+        starts = self.seg_start[self.nonempty]
+        serving = np.empty(cnt.shape, bool)
+        np.greater(cnt[:, 1:], cnt[:, :-1], out=serving[:, 1:])
+        serving[:, starts] = cnt[:, starts] > 0  # a segment's first entry follows nothing
+        serve = np.flatnonzero(serving)
+        sb, se = np.divmod(serve, M)
+        seg_e, bc = self.e_seg[se], sb * C + self.e_cls[se]  # segment, (weighting, class)
+        cnt = cnt.ravel()
+        k0 = np.where(self.is_start[se], 0, cnt[serve - 1]).astype(np.intp)  # first grid point served
+        k2 = cnt[serve].astype(np.intp)  # one past the last
+        w_e = we.ravel()[serve]
+        lo = hi.ravel()[serve] - w_e
+        before = cae.ravel()[serve] - w_e  # weighted predictions before the block
+        k1 = below[base.ravel()[bc] + lo + 1].astype(np.intp)  # one past the last grid point at level lo+1
+        v = env.ravel()[serve] - self.seg_off[seg_e]
+        r = np.where(before > 0, lo / np.maximum(before, 1), 1.0)  # precision before the block; none: sentinel (0, 1)
+        # sum over the served points of c_k * y_k, y_k = v + (max(r, v) - v) * (lo + 1 - x_k * n) on level lo+1
+        first = (lo + 1) * (_CUM[k1] - _CUM[k0]) - n_eps.ravel()[bc] * (_CUM_X[k1] - _CUM_X[k0])
+        part = v * (_CUM[k2] - _CUM[k0]) + np.maximum(r - v, 0.0) * first
+        ap = np.bincount(sb * S + seg_e, part, minlength=B * S).astype(np.float64).reshape(B, S)
+        n_valid = below[base[:, :, None] + t_seg.reshape(B, C, T)].reshape(B, S)  # grid points under the top recall
 
         # Past the highest recall: 0, or a line from the class's last point to (1, 0), integrated in closed form.
         if self.tail == "interpolate":
@@ -762,7 +760,7 @@ class _Engine:
             end = np.where(total > 0, t_seg / total, 0.0)
             r_end = t_seg / np.repeat(n_eps, T, axis=1)
             slope = (0.0 - end) / (1.0 - r_end)
-            c_sum, cx_sum = _TRAPZ_TAIL[n_valid], _TRAPZ_X_TAIL[n_valid]
+            c_sum, cx_sum = _CUM[100] - _CUM[n_valid], _CUM_X[100] - _CUM_X[n_valid]
             ap += np.where(n_valid < 100, end * c_sum + slope * (cx_sum - r_end * c_sum), 0.0)
         ap = ap.reshape(B, C, T)
         ap[np.broadcast_to((n == 0)[:, :, None], ap.shape)] = np.nan
@@ -913,13 +911,16 @@ def _worker_block(args: tuple[int, int, int, int, int]) -> np.ndarray:
     return _score_block(_WORKER_ENGINES, *args)
 
 
-def _interval(samples: np.ndarray, ci: float) -> Interval:
-    if np.all(np.isnan(samples)):
-        return Interval(0.0, 0.0, ci)
-    # Hyndman-Fan type 8 ("median_unbiased"): with a few hundred resamples, linear interpolation between order
-    # statistics pulls tail quantiles inward (about 93% coverage from 100 resamples at 95% nominal); type 8 does not.
-    lo, hi = np.nanpercentile(samples, [50 * (1 - ci), 50 * (1 + ci)], method="median_unbiased")
-    return Interval(float(lo), float(hi), ci)
+def _intervals(samples: np.ndarray, ci: float) -> np.ndarray:
+    """(2, K) percentile interval ends of each column of (B, K) samples, ignoring NaN (0 for all-NaN columns)."""
+    out = np.zeros((2, samples.shape[1]))
+    ok = ~np.all(np.isnan(samples), axis=0)
+    if ok.any():
+        # Hyndman-Fan type 8 ("median_unbiased"): with a few hundred resamples, linear interpolation between order
+        # statistics pulls tail quantiles inward (93% coverage from 100 resamples at 95% nominal); type 8 does not.
+        q = [50 * (1 - ci), 50 * (1 + ci)]
+        out[:, ok] = np.nanpercentile(samples[:, ok], q, axis=0, method="median_unbiased")
+    return out
 
 
 def paired_bootstrap(
@@ -978,37 +979,37 @@ def paired_bootstrap(
             parts = list(pool.map(_worker_block, [(n_images, seed, s, k, batch_size) for s, k in blocks]))
     boot = np.concatenate(parts)  # (B, runs, C, T)
 
-    def summarize(name: str, full_vals: np.ndarray, boot_vals: np.ndarray) -> MetricComparison:
-        # full_vals (runs,), boot_vals (B, runs): average each side over the seed pairs, then difference
-        b_full, v_full = full_vals[:P].mean(), full_vals[P:].mean()
-        b_boot, v_boot = boot_vals[:, :P].mean(1), boot_vals[:, P:].mean(1)
-        return MetricComparison(
-            name,
-            float(b_full),
-            float(v_full),
-            float(v_full - b_full),
-            _interval(v_boot - b_boot, ci),
-            _interval(b_boot, ci),
-            _interval(v_boot, ci),
-        )
+    # Every quantity as (full (runs,), resampled (B, runs)): mAP50, mAP50-95, then AP50 and AP50-95 per class.
+    m50_full, m_full = _means(full)
+    m50_boot, m_boot = _means(boot)
+    fulls = [m50_full, m_full, *full[:, :, 0].T, *full.mean(2).T]
+    boots = [m50_boot, m_boot, *np.moveaxis(boot[:, :, :, 0], 2, 0), *np.moveaxis(boot.mean(3), 2, 0)]
+    # average each side over the seed pairs, then take the difference; one vectorised percentile call for all
+    b_full = np.array([f[:P].mean() for f in fulls])
+    v_full = np.array([f[P:].mean() for f in fulls])
+    b_boot = np.stack([x[:, :P].mean(1) for x in boots], 1)  # (B, K)
+    v_boot = np.stack([x[:, P:].mean(1) for x in boots], 1)
+    ends = [_intervals(a, ci) for a in (v_boot - b_boot, b_boot, v_boot)]
 
-    m50_full, m_full = _means(full)  # (runs,)
-    m50_boot, m_boot = _means(boot)  # (B, runs)
+    def comparison(name: str, i: int) -> MetricComparison:
+        lo_hi = [Interval(float(e[0, i]), float(e[1, i]), ci) for e in ends]
+        return MetricComparison(name, float(b_full[i]), float(v_full[i]), float(v_full[i] - b_full[i]), *lo_hi)
+
     eng = engines[0]
+    C = len(eng.classes)
     names = runs[0].names or {}
     classes = tuple(
         ClassComparison(
             int(c),
             names.get(int(c)),
             int(eng.n_targets[i]),
-            summarize("AP50", full[:, i, 0], boot[:, :, i, 0]),
-            summarize("AP50-95", full[:, i].mean(1), boot[:, :, i].mean(2)),
+            comparison("AP50", 2 + i),
+            comparison("AP50-95", 2 + C + i),
         )
         for i, c in enumerate(eng.classes)
     )
-    cmp50 = summarize("mAP50", m50_full, m50_boot)
-    cmp = summarize("mAP50-95", m_full, m_boot)
-    deltas = np.stack([a[:, P:].mean(1) - a[:, :P].mean(1) for a in (m50_boot, m_boot)], 1)
+    cmp50, cmp = comparison("mAP50", 0), comparison("mAP50-95", 1)
+    deltas = (v_boot - b_boot)[:, :2]
     return PairedBootstrap(cmp50, cmp, classes, n_images, P, n_resamples, seed, deltas)
 
 
