@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp", type=float, default=110.0, help="mean background predictions per image")
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=None, help="resamples per pass (default: sized to the data)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--half", action="store_true", help="float16 confidences (ties), as half-precision validation")
     a = p.parse_args(argv)
@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     s = map_scores(loaded)
     print(f"full-sample scores: mAP50 {s.map50:.4f}, mAP50-95 {s.map50_95:.4f} in {time.process_time() - t0:.2f} s CPU")
 
-    print(f"paired bootstrap, {a.resamples} resamples, batch {a.batch}; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"paired bootstrap, {a.resamples} resamples, batch {a.batch or 'auto'}; load average {os.getloadavg()[0]:.2f}"
+    )
     for workers in a.workers:
         for _ in range(a.repeat):
             w0, c0, k0 = time.perf_counter(), time.process_time(), children_cpu()
