@@ -963,7 +963,7 @@ def paired_bootstrap(
         seed: random seed of the resampling; the same seed gives the same result with any ``workers``.
         ci: confidence level of the intervals.
         workers: processes to spread the replicates over (1: in this process).
-        batch_size: replicates scored together in one pass (None: sized to the data, see ``_Engine.batch_size``).
+        batch_size: replicates scored together in one pass (None: sized to the data, up to 64; no effect on results).
 
     Returns:
         Full-sample values, differences and intervals for mAP50, mAP50-95 and every class's AP.
