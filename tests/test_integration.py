@@ -349,3 +349,13 @@ def test_stock_cli_train_then_val_in_fresh_processes(shapes_data, tmp_path):
         ULTRALYTICS_SAFE_LOAD="1",
     )
     assert "TYPE ContractCSP" in py.stdout, py.stderr[-3000:]
+
+
+@pytest.mark.contract
+def test_ultralytics_metrics_run_on_the_installed_numpy(registered):
+    """Ultralytics 8.3.x integrates AP with ``np.trapz``, gone in numpy 2.4: any validation with a TP crashed there."""
+    import numpy as np
+    from ultralytics.utils.metrics import compute_ap
+
+    ap, _, _ = compute_ap(np.array([0.5]), np.array([1.0]))
+    assert 0 < ap <= 1

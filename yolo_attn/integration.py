@@ -22,6 +22,7 @@ What it does to ``ultralytics.nn.tasks`` (all reversible by :func:`unregister`, 
 5. Wraps ``check_yaml`` so ``YOLO("yolov8n-bot.yaml")`` finds the copy packaged with yolo_attn from any directory.
 6. Adds our classes (and the timm layers they hold) to ``torch.serialization``'s safe globals, so checkpoints load
    under ``ULTRALYTICS_SAFE_LOAD=1``.
+7. Restores numpy's ``trapz`` alias where numpy >= 2.4 dropped it, which Ultralytics 8.3.x's metrics still call.
 
 After patching, a one-row probe model is built and checked; if the semantics did not take effect (a future
 Ultralytics changed ``parse_model``), everything is undone and :class:`IntegrationError` names the version.
@@ -456,6 +457,7 @@ def register(verbose: bool = False) -> None:
             if fresh:
                 _probe(tasks)
                 install_transfer_hook()
+                _numpy_trapz_shim()
         except Exception:
             unregister()
             raise
@@ -465,6 +467,19 @@ def register(verbose: bool = False) -> None:
             torch.serialization.add_safe_globals(_safe_globals())
         if verbose:
             LOGGER.info(f"yolo_attn: registered {', '.join(registry.block_names())}")
+
+
+def _numpy_trapz_shim() -> None:
+    """Give numpy >= 2.4 back ``np.trapz`` (the old name of ``np.trapezoid``) for Ultralytics < 8.4's metrics.
+
+    Ultralytics 8.3.x integrates the precision-recall curve with ``np.trapz``, which numpy 2.4 removed: every validation
+    that finds a true positive then raises AttributeError inside Ultralytics. Both names compute the same integral,
+    so the alias is restored once (numpy only; nothing else changes) when the installed numpy lacks it.
+    """
+    import numpy as np
+
+    if not hasattr(np, "trapz") and hasattr(np, "trapezoid"):
+        np.trapz = np.trapezoid
 
 
 def unregister() -> None:
