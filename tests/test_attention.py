@@ -120,8 +120,8 @@ def _bias_cases(size, b=2, heads=2, seed=0):
         return torch.randn(*shape, generator=g, **kw).requires_grad_()
 
     bot = BoTRelPos(dim_head=3, max_rel=2).double()
-    a, bb = leaf(b, heads, n, h), leaf(b, heads, n, w)
-    yield "bot", (lambda a, bb: RelBias(bot, (a, bb), size)), [a, bb], n
+    a, bb = leaf(b, heads, h, w, h), leaf(b, heads, w, h, w)  # b transposed, as MHSA computes it
+    yield "bot", (lambda a, bb: RelBias(bot, (a, bb.transpose(2, 3)), size)), [a, bb], n
     coat = CoAtRelPos(num_heads=heads, max_rel=2).double()
     table = leaf(heads, 5, 5)
     yield "coat", (lambda t: RelBias(coat, (t,), size)), [table], n

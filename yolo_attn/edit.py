@@ -310,11 +310,10 @@ def _plan(d: dict, rows: list[list], spec: registry.BlockSpec, position: str, ar
         return EditError(f"position {position!r} needs {what}, which {label} does not have; valid: {', '.join(valid)}")
 
     strides = _levels(rows)
-    takes_level = _takes_level(spec)
 
     def block_args(width: int, at: int) -> list:
-        """``[c2, *args]``; a block whose first extra parameter is ``level`` gets the row's pyramid level too."""
-        return [width, _level_of(strides[at]), *args] if takes_level else [width, *args]
+        """``[c2, *args]``; a block that takes a ``level`` gets the row's pyramid level at that parameter's place."""
+        return spec.yaml_args(width, _level_of(strides[at]) if spec.takes_level else None, args)
 
     def block_row(src: int, frm: int = -1) -> list:
         return [frm, 1 if n is None else n, spec.name, block_args(_out_width(rows, src), src)]
@@ -409,9 +408,9 @@ def make_variant(
         base: Path to a model YAML, an Ultralytics model name ("yolov8.yaml", "yolo11.yaml") or a model dict.
         block: A family ("bot", "dat", "coat") or a registered block name with role ``insert`` or ``csp``.
         position: One of :data:`POSITIONS`, or ``neck_p3`` / ``neck_p4`` / ``neck_p5`` for one neck level.
-        args: Extra block arguments after ``c2`` (the YAML row gets ``[c2, *args]``). Blocks whose first extra
-            parameter is ``level`` (DATBlock, DAT3: key stride per pyramid level) get each row's level filled in,
-            ``[c2, level, *args]``, so ``neck`` gives P3, P4 and P5 their own settings.
+        args: Extra block arguments after ``c2`` (the YAML row gets ``[c2, *args]``). Blocks registered with
+            ``takes_level`` (DATBlock, DAT3: key stride per pyramid level) get each row's level at their ``level``
+            parameter's place (:meth:`BlockSpec.yaml_args`), so ``neck`` gives P3, P4 and P5 their own settings.
         n: YAML repeats of the new rows (default 1 for inserted blocks, the replaced block's repeats for ``backbone``).
         validate: Build the variant (scale n, or the base's scale) and check its layer count.
 

@@ -311,7 +311,11 @@ class BiasChunks:
         self.pos, self.factors, self.size = pos, tuple(factors), size
         self.quantum = size[1]
         self.needs_grad = [bool(n) and f.is_floating_point() for f, n in zip(self.factors, needs_grad)]
-        self._grads = [torch.zeros_like(f) if n else None for f, n in zip(self.factors, self.needs_grad)]
+        # contiguous whatever the factor's layout, so that chunk helpers may write through flattened views
+        self._grads = [
+            torch.zeros_like(f, memory_format=torch.contiguous_format) if n else None
+            for f, n in zip(self.factors, self.needs_grad)
+        ]
         self._graph: tuple[list[torch.Tensor], torch.Tensor] | None = None
 
     def _rows(self, sl: slice) -> slice:
@@ -357,7 +361,9 @@ class BoTRelPos(RelPosBias):
     One table of ``2 * max_rel + 1`` embeddings per axis, indexed by the clipped key-minus-query offset ``c(.)``
     (exact up to ``max_rel + 1`` rows / columns, edge rows shared beyond); q is the scaled query, as in the authors'
     gist. Factors: ``a = q . r_h`` ``(B, h, N, H)`` against every key row and ``b = q . r_w`` ``(B, h, N, W)``
-    against every key column, O(N (H + W) d); the bias is ``a[i, y_j] + b[i, x_j]``, which is also the product
+    against every key column, O(N (H + W) d), kept as ``(B, h, H, W, H)`` and ``(B, h, H, W, W)`` (flattening the
+    second, a transposed product, would put a stride guard into a dynamic ``torch.export``); the bias is
+    ``a[i, y_j] + b[i, x_j]``, which is also the product
     ``[a | b] . [onehot(y_j) | onehot(x_j)]`` (see :meth:`lowrank`). Tables start N(0, dim_head ** -0.5) (what the
     gist intends). "bias" is in the parameter names so that Ultralytics' optimizer keeps them out of weight decay,
     as position tables conventionally are.
@@ -389,16 +395,16 @@ class BoTRelPos(RelPosBias):
             r_w = self.bias_w[rel_index(width, self.max_rel, q.device)].to(ct)  # W (query), W (key), d
             a = q @ r_h.transpose(1, 2)  # (B, h, H, W, d) @ (H, d, H) -> B, h, H, W, H
             b = (q.transpose(2, 3) @ r_w.transpose(1, 2)).transpose(2, 3)  # (B, h, W, H, d) @ (W, d, W) -> .., W
-        return a.flatten(2, 3), b.flatten(2, 3)  # B, h, N, H and B, h, N, W
+        return a, b  # B, h, H, W, H and B, h, H, W, W
 
     def expand(self, factors, size, rows=None):
         a, b = factors
         if rows is not None:
-            a, b = (t[:, :, rows.start * size[1] : rows.stop * size[1]] for t in (a, b))
-        return (a[..., :, None] + b[..., None, :]).flatten(-2)  # B, h, c, N: key j = (y_j, x_j)
+            a, b = a[:, :, rows], b[:, :, rows]
+        return (a[..., :, None] + b[..., None, :]).flatten(2, 3).flatten(-2)  # B, h, c, N: key j = (y_j, x_j)
 
     def lowrank(self, factors, size):
-        a, b = factors
+        a, b = (t.flatten(2, 3) for t in factors)  # B, h, N, H and B, h, N, W
         height, width = size
         eye_y = torch.eye(height, dtype=a.dtype, device=a.device)
         eye_x = torch.eye(width, dtype=a.dtype, device=a.device)
@@ -416,13 +422,14 @@ class _BoTChunks(BiasChunks):
     def __init__(self, pos, factors, size, needs_grad):
         super().__init__(pos, factors, size, needs_grad)
         self.quantum = 1
+        self.flat = [t.flatten(2, 3) for t in self.factors]  # B, h, N, H and B, h, N, W (b: a copy)
 
     def mask(self, sl):
-        a, b = (t[:, :, sl] for t in self.factors)
+        a, b = (t[:, :, sl] for t in self.flat)
         return (a[..., :, None] + b[..., None, :]).flatten(-2)
 
     def add_(self, logits, sl, shift=None):
-        a, b = (t[:, :, sl] for t in self.factors)
+        a, b = (t[:, :, sl] for t in self.flat)
         grid = logits.unflatten(-1, self.size)  # B, h, c, H, W: key j = (y_j, x_j)
         grid += b[..., None, :]
         a = a if shift is None else a - shift[..., None]  # the shift rides on the (smaller) row term
@@ -430,7 +437,7 @@ class _BoTChunks(BiasChunks):
 
     def reduce_(self, ds, sl):
         grid = ds.unflatten(-1, self.size)
-        ga, gb = self._grads
+        ga, gb = (None if g is None else g.flatten(2, 3) for g in self._grads)  # views: the grads are contiguous
         if ga is not None:
             ga[:, :, sl] = grid.sum(-1)  # a[i, y] was added to the logits of every key in row y
         if gb is not None:
