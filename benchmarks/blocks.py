@@ -77,12 +77,13 @@ def _with_impl(make, impl: str) -> nn.Module:
 
 
 def _label(impl: str, device: torch.device, shape, num_heads: int, keys: int, lowrank: int | None = None) -> str:
-    """``impl``, and for ``auto`` what it runs here; "key-augmented" where fused folds a low-rank bias into q, k."""
+    """``impl``, for ``auto`` with what it runs here, and "key-augmented" where fused folds BoTNet's bias into q, k."""
     b, _, h, w = shape
     run = resolve_impl(impl, device, True, b * num_heads * h * w * keys)
-    if run == "fused" and lowrank is not None and device.type == "cuda" and lowrank + h + w <= KEYAUG_MAX_DIM:
-        run = "fused, key-augmented"
-    return impl if impl == run else f"{impl} ({run})"
+    keyaug = run == "fused" and lowrank is not None and device.type == "cuda" and lowrank + h + w <= KEYAUG_MAX_DIM
+    if impl == "auto":
+        return f"auto ({run}{', key-augmented' if keyaug else ''})"
+    return f"{impl} (key-augmented)" if keyaug else impl
 
 
 def cases(device: str | torch.device = "cpu") -> list[BenchCase]:
