@@ -37,7 +37,7 @@ def _wake(model: nn.Module, seed: int = 0) -> nn.Module:
             if isinstance(m, BoTBottleneck):
                 m.cv2.bn.weight.copy_(1 + 0.2 * torch.randn(m.cv2.bn.weight.shape, generator=g))
             if isinstance(m, MHSA):
-                for t in (m.rel_pos_bias_h, m.rel_pos_bias_w):
+                for t in (m.rel_pos.bias_h, m.rel_pos.bias_w):
                     t.copy_(0.5 * torch.randn(t.shape, generator=g))
                 for conv in (m.q, m.k, m.v):
                     conv.weight.mul_(20)  # init std 0.01 -> 0.2: attention far from uniform

@@ -14,8 +14,9 @@ import torch
 from helpers import assert_onnx_matches
 from torch import nn
 
-from yolo_attn.nn.coat import CoAt, CoAt3, CoAtAttention, CoAtBlock, MBConv, _RelBiasAttention, coat_rel_bias
-from yolo_attn.nn.common import attention_reference, rel_index
+from yolo_attn.nn import attention
+from yolo_attn.nn.attention import AttentionLayer, set_attn_impl
+from yolo_attn.nn.coat import CoAt, CoAt3, CoAtAttention, CoAtBlock, MBConv
 
 SIZES = [(1, 1), (1, 5), (8, 8), (15, 20), (20, 20), (25, 31), (80, 60)]
 
@@ -33,12 +34,6 @@ def perturb(model: nn.Module, std: float = 0.2) -> nn.Module:
                 nn.init.normal_(layer.weight, std=std)
                 nn.init.normal_(layer.bias, std=std)
     return model
-
-
-def set_fused(model: nn.Module, fused: bool) -> None:
-    for m in model.modules():
-        if isinstance(m, CoAtAttention):
-            m.fused = fused
 
 
 def grads(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -63,7 +58,7 @@ def check_step(model: nn.Module, x: torch.Tensor, stride: int, c2: int) -> None:
     for name, p in model.named_parameters():
         assert p.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0 or (one_token and "rel_pos_bias_table" in name), f"{name}: all-zero gradient"
+        assert p.grad.abs().sum() > 0 or (one_token and "bias_table" in name), f"{name}: all-zero gradient"
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
@@ -120,7 +115,7 @@ def test_param_count_independent_of_size():
         assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == before
         assert sum(p.numel() for p in m.parameters()) == n
     # the table is (2R+1)^2 per head whatever the map: 4 heads, R = 32
-    assert CoAt(128, 128, 1).m[0].attn.rel_pos_bias_table.shape == (4, 65, 65)
+    assert CoAt(128, 128, 1).m[0].attn.rel_pos.bias_table.shape == (4, 65, 65)
 
 
 # ------------------------------------------------------------------------------------------------ identity at init
@@ -144,17 +139,15 @@ def test_coat_identity_at_init(drop_path):
     [((1, 5), 1, 512), ((8, 8), 2, None), ((15, 20), 1, None), ((25, 31), 1, 512), ((25, 31), 2, None)],
     ids=["1x5-s1-rowchunks", "8x8-s2", "15x20-s1", "25x31-s1-rowchunks", "25x31-s2"],
 )
-def test_fast_path_equals_twin(size, stride, chunk_elems):
-    """SDPA (eval) and the chunked CPU training path agree with the plain softmax twin: outputs and gradients."""
+def test_fast_path_equals_twin(monkeypatch, size, stride, chunk_elems):
+    """Every implementation agrees with the plain softmax twin: outputs (train and eval) and gradients."""
+    monkeypatch.setattr(attention, "CHUNK_ELEMS", chunk_elems)
     m = perturb(CoAt(16, 32, 2, stride, dim_head=16, max_rel=4)).train()  # small R: clipping is exercised
-    for a in m.modules():
-        if isinstance(a, CoAtAttention):
-            a.chunk_elems = chunk_elems
     x = torch.randn(2, 16, *size)
     w = torch.randn(2, 32, out_size(size[0], stride), out_size(size[1], stride))
-    results = []
-    for fused in (True, False):
-        set_fused(m, fused)
+    results = {}
+    for impl in ("plain", "fused", "chunked", "auto"):
+        set_attn_impl(m, impl)
         m.zero_grad()
         xg = x.clone().requires_grad_()
         y = m(xg)
@@ -162,33 +155,19 @@ def test_fast_path_equals_twin(size, stride, chunk_elems):
         with torch.no_grad():
             y_eval = m.eval()(x)
         m.train()
-        results.append((y.detach(), y_eval, xg.grad, grads(m)))
-    (y1, e1, gx1, g1), (y2, e2, gx2, g2) = results
-    torch.testing.assert_close(y1, y2, atol=1e-5, rtol=0)
-    torch.testing.assert_close(e1, e2, atol=1e-5, rtol=0)
-    torch.testing.assert_close(gx1, gx2, atol=1e-5, rtol=0)
-    for name in g1:  # gradients summed over all pixels reach ~1e2: compare at 1e-5 of their scale
-        err = (g1[name] - g2[name]).abs().max() / g2[name].abs().max().clamp_min(1.0)
-        assert err < 1e-5, (name, err.item())
+        results[impl] = (y.detach(), y_eval, xg.grad, grads(m))
+    y2, e2, gx2, g2 = results.pop("plain")
+    for impl, (y1, e1, gx1, g1) in results.items():
+        torch.testing.assert_close(y1, y2, atol=1e-5, rtol=0, msg=impl)
+        torch.testing.assert_close(e1, e2, atol=1e-5, rtol=0, msg=impl)
+        torch.testing.assert_close(gx1, gx2, atol=1e-5, rtol=0, msg=impl)
+        for name in g1:  # gradients summed over all pixels reach ~1e2: compare at 1e-5 of their scale
+            err = (g1[name] - g2[name]).abs().max() / g2[name].abs().max().clamp_min(1.0)
+            assert err < 1e-5, (impl, name, err.item())
 
 
-@pytest.mark.parametrize("height,width,max_rel,rows", [(3, 4, 2, 1), (1, 5, 2, 1), (4, 3, 1, 4), (5, 2, 1, 2)])
-def test_chunked_attention_gradcheck(height, width, max_rel, rows):
-    """The hand-written backward (incl. the skewed table-gradient reduction) against numerical gradients, fp64."""
-    n, kw = height * width, {"dtype": torch.float64, "requires_grad": True}
-    q, k, v = torch.randn(2, 2, n, 4, **kw), torch.randn(2, 2, n, 4, **kw), torch.randn(2, 2, n, 3, **kw)
-    table = torch.randn(2, 2 * max_rel + 1, 2 * max_rel + 1, **kw)
-
-    def f(q, k, v, table):
-        return _RelBiasAttention.apply(q, k, v, table, height, width, max_rel, rows)
-
-    assert torch.autograd.gradcheck(f, (q, k, v, table), fast_mode=True)
-    bias = coat_rel_bias(table, rel_index(height, max_rel), rel_index(width, max_rel)).flatten(1, 2).flatten(2)
-    torch.testing.assert_close(f(q, k, v, table), attention_reference(q, k, v, bias[None], scale=1.0))
-
-
-def test_training_path_never_builds_n_squared():
-    """The CPU training path keeps every intermediate far below one B x h x N x N tensor (the twin's unit)."""
+def test_training_path_never_builds_n_squared(monkeypatch):
+    """The chunked kernel keeps every intermediate far below one B x h x N x N tensor (the twin's unit)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class MaxNumel(TorchDispatchMode):
@@ -201,9 +180,9 @@ def test_training_path_never_builds_n_squared():
                     MaxNumel.biggest = max(MaxNumel.biggest, t.numel())
             return out
 
+    monkeypatch.setattr(attention, "CHUNK_ELEMS", 1 << 14)
     b, c, h, w = 2, 32, 24, 24
-    m = perturb(CoAt(c, c, 1, dim_head=16)).train()  # 2 heads
-    m.m[0].attn.chunk_elems = 1 << 14
+    m = set_attn_impl(perturb(CoAt(c, c, 1, dim_head=16)).train(), "chunked")  # 2 heads
     x = torch.randn(b, c, h, w, requires_grad=True)
     with MaxNumel():
         m(x).sum().backward()
@@ -218,8 +197,8 @@ def test_rel_bias_matches_direct_offsets():
     """bias[h, (qy,qx), (ky,kx)] = table[h, clip(ky-qy)+R, clip(kx-qx)+R], computed pair by pair."""
     attn = CoAtAttention(8, 8, num_heads=2, max_rel=2)
     height, width, r = 4, 6, 2
-    table = attn.rel_pos_bias_table.detach()
-    got = attn.rel_bias(height, width).detach()[0]
+    table = attn.rel_pos.bias_table.detach()
+    got = attn.rel_pos(None, (height, width)).dense().detach()[0]
     assert got.shape == (2, height * width, height * width)
     want = torch.empty_like(got)
     for qy in range(height):
@@ -231,12 +210,12 @@ def test_rel_bias_matches_direct_offsets():
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_block_adds_that_bias(fused):
+@pytest.mark.parametrize("impl", attention.ATTN_IMPLS)
+def test_block_adds_that_bias(impl):
     """The attention's output equals a by-hand softmax(q k^T / sqrt(d) + bias) v with the direct-offset bias."""
-    attn = CoAtAttention(8, 16, num_heads=2, max_rel=3, fused=fused).eval()
+    attn = CoAtAttention(8, 16, num_heads=2, max_rel=3, attn_impl=impl).eval()
     nn.init.normal_(attn.proj.weight, std=0.2)
-    nn.init.normal_(attn.rel_pos_bias_table, std=1.0)  # large enough to matter
+    nn.init.normal_(attn.rel_pos.bias_table, std=1.0)  # large enough to matter
     height, width, r = 5, 7, 3
     x = torch.randn(1, 8, height, width)
     qkv = attn.qkv(x).flatten(2)  # 1, 3*16, N
@@ -245,7 +224,7 @@ def test_block_adds_that_bias(fused):
     ys, xs = ys.flatten(), xs.flatten()
     dy = (ys[None, :] - ys[:, None]).clamp(-r, r) + r  # key minus query
     dx = (xs[None, :] - xs[:, None]).clamp(-r, r) + r
-    bias = attn.rel_pos_bias_table.detach()[:, dy, dx]  # heads, N, N
+    bias = attn.rel_pos.bias_table.detach()[:, dy, dx]  # heads, N, N
     logits = (q @ k.transpose(-1, -2)) / math.sqrt(8) + bias
     o = (logits.softmax(-1) @ v).transpose(-1, -2).reshape(1, 16, height, width)
     with torch.no_grad():
@@ -254,7 +233,7 @@ def test_block_adds_that_bias(fused):
 
 def test_rel_bias_translation_invariant_and_clipped():
     attn = CoAtAttention(8, 8, num_heads=1, max_rel=2)
-    b = attn.rel_bias(1, 9).detach()[0, 0]  # 1 x 9 map: bias depends on kx - qx only
+    b = attn.rel_pos(None, (1, 9)).dense().detach()[0, 0]  # 1 x 9 map: bias depends on kx - qx only
     assert torch.equal(b[0, 1], b[4, 5]) and torch.equal(b[2, 0], b[8, 6])
     assert torch.equal(b[0, 2], b[0, 8])  # offsets 2 and 8 share the clipped edge bucket
 
@@ -343,17 +322,20 @@ def test_registered():
 @pytest.mark.parametrize(
     "make,match",
     [
-        (lambda: MBConv(8, 16, 3), r"stride=3 .*use 1 or 2"),
-        (lambda: MBConv(8, 16, 1, 0), r"expand_ratio=0"),
-        (lambda: MBConv(8, 16, 1, 4, 1.5), r"se_ratio=1.5"),
-        (lambda: CoAt(8, 64, 1, 4), r"stride=4"),
-        (lambda: CoAt(8, 64, 0), r"n=0"),
-        (lambda: CoAt(8, 80, 1, 1, 32), r"c2=80 is not divisible by dim_head=32.*\[8, 16\]"),
-        (lambda: CoAt(8, 64, 1, 1, 32, 0.0), r"mlp_ratio=0.0"),
-        (lambda: CoAt(8, 64, 1, 1, 32, 4.0, 0), r"max_rel=0"),
-        (lambda: CoAt(8, 64, 1, 1, 32, 4.0, 32, 1.0), r"drop_path=1.0"),
-        (lambda: CoAt3(8, 96, 1), r"int\(c2 \* e\)=48 is not divisible by dim_head=32"),
-        (lambda: CoAt3(8, 64, 1, 0.0), r"e=0.0"),
+        (lambda: MBConv(8, 16, 3), r"MBConv: stride=3 is not one of 1, 2"),
+        (lambda: MBConv(8, 16, 1, 0), r"MBConv: expand_ratio=0 is out of range; use a number in \(0.0, inf\)"),
+        (lambda: MBConv(8, 16, 1, 4, 1.5), r"se_ratio=1.5 .*\[0.0, 1.0\]"),
+        (lambda: MBConv(0, 16), r"MBConv: c1=0"),
+        (lambda: CoAt(8, 64, 1, 4), r"CoAt: stride=4"),
+        (lambda: CoAt(8, 64, 0), r"CoAt: n=0"),
+        (lambda: CoAt(8, 80, 1, 1, 32), r"CoAt: attention width c2 = 80 is not divisible by dim_head=32.*\[8, 16\]"),
+        (lambda: CoAt(8, 64, 1, 1, 32, 0.0), r"CoAt: mlp_ratio=0.0"),
+        (lambda: CoAt(8, 64, 1, 1, 32, 4.0, 0), r"CoAt: max_rel=0"),
+        (lambda: CoAt(8, 64, 1, 1, 32, 4.0, 32, 1.0), r"CoAt: drop_path=1.0"),
+        (lambda: CoAt3(8, 96, 1), r"CoAt3: .*int\(96 \* 0.5\) = 48 is not divisible by dim_head=32"),
+        (lambda: CoAt3(8, 64, 1, 0.0), r"CoAt3: e=0.0"),
+        (lambda: CoAt3(8, 64, 0), r"CoAt3: n=0"),
+        (lambda: CoAt3(8, -3), r"CoAt3: c2=-3 must be an integer >= 1"),  # the fuzz row [-1, 3, CoAt3, [-3]]
     ],
 )
 def test_invalid_arguments(make, match):
@@ -370,13 +352,14 @@ def test_table_in_no_decay_group():
     names = ("bias", "weight", "bn")  # Ultralytics < 8.4 adds the groups in this order without naming them
     group = {g.get("param_group", names[i]): {id(p) for p in g["params"]} for i, g in enumerate(opt.param_groups)}
     attn = model[0].m[0].attn
-    assert id(attn.rel_pos_bias_table) in group["bias"]
+    assert id(attn.rel_pos.bias_table) in group["bias"]
     assert id(model[0].m[0].norm1.weight) in group["bn"]  # LayerNorm2d weights: no decay either
     assert id(attn.qkv.weight) in group["weight"]
 
 
-def test_fused_property():
+def test_set_attn_impl_reaches_the_csp_blocks_layers():
     m = CoAt3(8, 64, 2)
-    assert m.m.fused
-    m.m.fused = False
-    assert not any(a.fused for a in m.modules() if isinstance(a, CoAtAttention))
+    layers = [a for a in m.modules() if isinstance(a, AttentionLayer)]
+    assert len(layers) == 2 and all(isinstance(a, CoAtAttention) and a.attn_impl == "auto" for a in layers)
+    assert set_attn_impl(m, "plain") is m
+    assert {a.attn_impl for a in layers} == {"plain"}

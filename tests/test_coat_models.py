@@ -221,5 +221,5 @@ def test_yaml_error_names_row(registered):
     from ultralytics.nn.tasks import parse_model
 
     d = {"nc": 1, "backbone": [[-1, 1, "Conv", [16, 3, 2]], [-1, 1, "CoAt", [40, 2]]], "head": []}
-    with pytest.raises(ValueError, match=r"row 1.*CoAt.*c2=40 is not divisible by dim_head=32"):
+    with pytest.raises(ValueError, match=r"row 1.*CoAt.*c2 = 40 is not divisible by dim_head=32"):
         parse_model(d, ch=3, verbose=False)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from helpers import assert_onnx_matches, export_onnx
 
+from yolo_attn.nn.attention import ATTN_IMPLS, set_attn_impl
 from yolo_attn.nn.dat import DAT3, LEVELS, POS_BIAS, DATBlock, DATLayer, DAttention
 
 SIZES = [(1, 1), (1, 5), (8, 8), (15, 20), (20, 20), (25, 31), (80, 60)]
@@ -42,7 +43,7 @@ def _makers():
         "DAttention-P3-axial": lambda: _dattn(3, pos_bias="axial"),
         "DAttention-P5": lambda: _dattn(5),
         "DATBlock-proj": lambda: DATBlock(32, 16, 2, 3, 2.0, 0.1, 2),
-        "DAT3": lambda: DAT3(32, 32, 1, 3),
+        "DAT3": lambda: DAT3(32, 32, 1, 0.5, 3),
     }
 
 
@@ -106,7 +107,7 @@ def test_datblock_is_identity_at_init(mode):
 def test_all_parameters_learn():
     """Once the zero-initialised layers are non-zero, every parameter gets a non-zero gradient."""
     torch.manual_seed(0)
-    for m in (_perturb(DATBlock(32, 32, 1, 3)), _perturb(_dattn(4)), DAT3(32, 64, 2, 4)):
+    for m in (_perturb(DATBlock(32, 32, 1, 3)), _perturb(_dattn(4)), DAT3(32, 64, 2, 0.5, 4)):
         _perturb(m)
         m(torch.randn(2, 32, 12, 10)).square().mean().backward()
         dead = [k for k, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -172,10 +173,10 @@ def _pooled_reference(m: DAttention, x: torch.Tensor, r: int) -> torch.Tensor:
     dy = ky.reshape(1, -1).double() - qy.reshape(-1, 1).double()  # N, Ns
     dx = kx.reshape(1, -1).double() - qx.reshape(-1, 1).double()
     if m.pos_bias == "table":
-        bias = _bilinear_table(m.rel_pos_bias_table.double(), dy, dx, m.max_rel)  # heads, N, Ns
+        bias = _bilinear_table(m.rel_pos.bias_table.double(), dy, dx, m.max_rel)  # heads, N, Ns
     else:  # axial: a(dy) + b(dx), the same read on a one-row table
-        bias = _linear_table(m.rel_pos_bias_h.double(), dy, m.max_rel)
-        bias = bias + _linear_table(m.rel_pos_bias_w.double(), dx, m.max_rel)
+        bias = _linear_table(m.rel_pos.bias_h.double(), dy, m.max_rel)
+        bias = bias + _linear_table(m.rel_pos.bias_w.double(), dx, m.max_rel)
     logits = torch.einsum("bhdn,bhdm->bhnm", q, k) / math.sqrt(d) + bias
     out = torch.einsum("bhnm,bhdm->bhdn", logits.softmax(-1), v).reshape(b, c, h, w)
     return m.proj_out(out)
@@ -185,20 +186,23 @@ def _pooled_reference(m: DAttention, x: torch.Tensor, r: int) -> torch.Tensor:
 @pytest.mark.parametrize(
     "r,size,max_rel", [(1, (5, 7), 32), (2, (8, 6), 32), (3, (9, 12), 32), (2, (12, 10), 3), (1, (1, 6), 2)]
 )
-def test_zero_offsets_equal_attention_over_pooled_features(r, size, max_rel, pos_bias):
+def test_zero_offsets_equal_attention_over_pooled_features(monkeypatch, r, size, max_rel, pos_bias):
+    from yolo_attn.nn import attention
+
+    monkeypatch.setattr(attention, "CHUNK_ELEMS", 64)  # many chunks
     torch.manual_seed(r)
     m = DAttention(32, 32, 5, 4, 2, r, 3, pos_bias=pos_bias, max_rel=max_rel).double()
     with torch.no_grad():
         for name, p in m.named_parameters():
-            if name.startswith("rel_pos_bias"):
+            if name.startswith("rel_pos."):
                 p.normal_(std=1.0)  # make the position term matter
         for p in m.conv_offset[:-1].parameters():
             p.normal_()
     assert not m.conv_offset[-1].weight.any()  # offsets are exactly zero
     x = torch.randn(2, 32, *size, dtype=torch.float64)
-    for fused in (True, False):
-        m.fused = fused
-        torch.testing.assert_close(m(x), _pooled_reference(m, x, r), atol=1e-10, rtol=1e-9)
+    for impl in ATTN_IMPLS:
+        m.attn_impl = impl
+        torch.testing.assert_close(m(x), _pooled_reference(m, x, r), atol=1e-10, rtol=1e-9, msg=impl)
 
 
 def test_reference_points_are_cell_centres_and_offsets_bounded():
@@ -226,17 +230,16 @@ def test_position_bias_is_defined_in_pixels(pos_bias):
     """The same pixel displacement gives the same logit at any map size (no fraction-of-map table)."""
     m = DAttention(16, 16, 5, num_heads=2, groups=1, pos_bias=pos_bias)
     with torch.no_grad():
-        for p in (m.rel_pos_bias_table, m.rel_pos_bias_h, m.rel_pos_bias_w):
-            if p is not None:
-                p.normal_()
+        for p in m.rel_pos.parameters():
+            p.normal_()
     if pos_bias == "table":
-        table = m.rel_pos_bias_table
+        table = m.rel_pos.bias_table
     else:
-        table = m.rel_pos_bias_h[:, :, None] + m.rel_pos_bias_w[:, None, :]  # the 2-D table it stands for
+        table = m.rel_pos.bias_h[:, :, None] + m.rel_pos.bias_w[:, None, :]  # the 2-D table it stands for
     biases = []
     for h, w in [(8, 8), (16, 12), (5, 30)]:
         pts = m.sample_points(torch.randn(1, 16, h, w))
-        bias = m.position_bias(pts, 1, h, w).reshape(1, 2, h, w, h, w)
+        bias = m.rel_pos(None, (h, w), pts).dense().reshape(1, 2, h, w, h, w)
         biases.append(bias[0, :, 2, 3, 4, 1])  # query (2, 3) -> key (4, 1): displacement (+2, -2) px
         torch.testing.assert_close(bias[0, :, 2, 3, 2, 3], table[:, 32, 32])  # zero displacement
     torch.testing.assert_close(biases[0], table[:, 34, 30])
@@ -245,17 +248,29 @@ def test_position_bias_is_defined_in_pixels(pos_bias):
 
 
 @pytest.mark.parametrize("name", list(_makers()))
-def test_fused_equals_twin(name):
+def test_every_impl_equals_twin(monkeypatch, name):
+    """Outputs and gradients of every implementation against the plain twin (several chunks for the chunked one)."""
+    from yolo_attn.nn import attention
+
+    monkeypatch.setattr(attention, "CHUNK_ELEMS", 4096)
     torch.manual_seed(0)
-    m = _perturb(_makers()[name]()).eval()
+    m = _perturb(_makers()[name]()).eval()  # no drop-path draws, BN without batch statistics: only attention differs
     x = torch.randn(2, 32, 15, 20)
-    with torch.no_grad():
-        y_fast = m(x)
-        for mod in m.modules():
-            if isinstance(mod, DAttention):
-                mod.fused = False
-        y_twin = m(x)
-    torch.testing.assert_close(y_fast, y_twin, atol=1e-5, rtol=1e-5)
+    results = {}
+    for impl in ATTN_IMPLS:
+        set_attn_impl(m, impl)
+        m.zero_grad()
+        xg = x.clone().requires_grad_()
+        y = m(xg)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results[impl] = (y.detach(), xg.grad, {k: p.grad.clone() for k, p in m.named_parameters()})
+    y2, gx2, g2 = results.pop("plain")
+    for impl, (y1, gx1, g1) in results.items():
+        torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5, msg=impl)
+        torch.testing.assert_close(gx1, gx2, atol=1e-5, rtol=1e-4, msg=impl)
+        for k in g1:  # parameter gradients summed over all pixels reach ~1e2: compare at 1e-5 of their scale
+            err = (g1[k] - g2[k]).abs().max() / g2[k].abs().max().clamp_min(1.0)
+            assert err < 1e-5, (impl, k, err.item())
 
 
 @pytest.mark.parametrize("name", list(_makers()))
@@ -284,10 +299,11 @@ def test_bf16_autocast_and_low_precision_weights(name):
 
 def test_pos_bias_none_and_repr():
     m = DAttention(32, 32, 4, pos_bias="none")
-    assert m.rel_pos_bias_table is None and m.rel_pos_bias_h is None and m.position_bias(None, 1, 7, 9) is None
+    assert m.rel_pos is None and not any("rel_pos" in k for k in m.state_dict())
     assert m(torch.randn(1, 32, 7, 9)).shape == (1, 32, 7, 9)
     text = repr(_dattn(3))
     assert "key_stride=4" in text and "offset_kernel=7" in text and "groups=2" in text and "'table'" in text
+    assert "attn_impl='auto'" in text
 
 
 def test_defaults_follow_the_feature_level():
@@ -314,16 +330,22 @@ def test_table_is_kept_out_of_weight_decay():
     [
         (lambda: DAttention(32, 32, 7), "level=7"),
         (lambda: DAttention(32, 32, "P9"), "level='P9'"),
-        (lambda: DAttention(32, 32, 3, num_heads=3), "heads=3"),
-        (lambda: DAttention(32, 32, 3, num_heads=4, groups=3), r"groups=3 must divide num_heads=4.*\[1, 2, 4\]"),
+        (lambda: DAttention(32, 32, 3, num_heads=3), "num_heads=3"),
+        (lambda: DAttention(32, 32, 3, num_heads=4, groups=3), r"groups=3 is not one of 1, 2, 4"),
         (lambda: DAttention(32, 32, 3, offset_kernel=4), "offset_kernel=4"),
         (lambda: DAttention(32, 32, 3, key_stride=0), "key_stride=0"),
         (lambda: DAttention(32, 32, 3, offset_range=0), "offset_range=0"),
         (lambda: DAttention(32, 32, 3, pos_bias="rpe"), "pos_bias='rpe'.*table.*axial"),
-        (lambda: DATBlock(32, 32, 0), "n=0"),
-        (lambda: DATBlock(32, 32, 1, 3, mlp_ratio=0), "mlp_ratio=0"),
-        (lambda: DAT3(32, 32, 1, True), "level=True"),  # e.g. a C2f row's `shortcut` left in the args
-        (lambda: DAT3(32, 32, 1, 3, 0.0), "e=0.0"),
+        (lambda: DAttention(32, 0, 3), "DAttention: c2=0"),
+        (lambda: DATBlock(32, 32, 0), "DATBlock: n=0"),
+        (lambda: DATBlock(32, 32, 1, 3, mlp_ratio=0), "DATBlock: mlp_ratio=0"),
+        (lambda: DATBlock(32, 32, 1, 7), r"DATBlock: level=7 .*\[2, 3, 4, 5, 6\]"),
+        (lambda: DATBlock(0, 32), "DATBlock: c1=0"),
+        (lambda: DAT3(32, 32, 1, True), "DAT3: e=True"),  # e.g. a C2f row's `shortcut` left in the args
+        (lambda: DAT3(32, 32, 1, 0.0), "DAT3: e=0.0"),
+        (lambda: DAT3(32, 32, 1, 0.5, 9), "DAT3: level=9"),
+        (lambda: DAT3(32, 32, 1, 3, 4), "DAT3: e=3 and level=4 are both pyramid levels"),
+        (lambda: DAT3(32, 0), "DAT3: c2=0"),
         (lambda: DATLayer(32, 3, drop_path=1.0), "drop_path=1.0"),
     ],
 )
@@ -371,3 +393,29 @@ def test_cuda_half_and_autocast():
             yh = mh(x.half())
         assert yh.dtype == torch.float16 and torch.isfinite(yh).all(), name
         assert ((yh.float() - ref).norm() / ref.norm()) < 0.02, name
+
+
+@pytest.mark.parametrize(
+    "args,e,level",
+    [((1024, 1, 5), 0.5, 5), ((256, 1, 3, 0.25), 0.25, 3), ((256, 1, "P4", 1), 1, 4), ((256, 2, 3), 0.5, 3)],
+    ids=["[1024, 5]", "[256, 3, 0.25]", "[256, P4, 1]", "n=2 [256, 3]"],
+)
+def test_dat3_rows_in_the_old_order_build_the_same_block(args, e, level):
+    """DAT3 rows of yolo_attn 0.1, ``[c2, level, e, ...]``, are read in that order with a FutureWarning."""
+    c2, n, *extras = args
+    with pytest.warns(FutureWarning, match=r"DAT3: e=.* is a pyramid level.*\[c2, e, level"):
+        old = DAT3(64, c2, n, *extras)
+    new = DAT3(64, c2, n, e, level)
+    assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
+    attn = [m for m in old.modules() if isinstance(m, DAttention)]
+    assert len(attn) == n and all(a.level == level for a in attn)
+    assert old.cv1.conv.out_channels == int(c2 * e)
+
+
+def test_dat3_new_order_does_not_warn():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = DAT3(64, 128, 1, 0.25, "P3")
+    assert m.cv1.conv.out_channels == 32 and m.m[0].attn.level == 3

@@ -192,7 +192,9 @@ def test_dat_gets_its_level_per_row(registered):
     d = make_variant("yolov8.yaml", "dat", "neck", validate=False)
     assert [_rows(d)[i][3] for i in d["yolo_attn"]["inserted"]] == [[256, 3], [512, 4], [1024, 5]]
     d = make_variant("yolo11.yaml", "dat", "backbone", [0.5], validate=False)
-    assert _rows(d)[8] == [-1, 2, "DAT3", [1024, 5, 0.5]]
+    assert _rows(d)[8] == [-1, 2, "DAT3", [1024, 0.5, 5]]  # DAT3(c1, c2, n, e, level): the level at its place
+    d = make_variant("yolo11.yaml", "dat", "backbone", validate=False)
+    assert _rows(d)[8] == [-1, 2, "DAT3", [1024, 0.5, 5]]  # e left out: its default fills the place
 
 
 def test_level_goes_to_the_level_parameter(standins):

@@ -187,7 +187,7 @@ def _family_attention_layers():
     from yolo_attn.nn import MHSA, CoAt, DAttention
 
     return {
-        "bot": lambda: MHSA(64, 64, heads=4),
+        "bot": lambda: MHSA(64, 64, num_heads=4),
         "dat": lambda: DAttention(64, 64, level=4),
         "coat": lambda: CoAt(64, 64),
     }

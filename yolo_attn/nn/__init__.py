@@ -1,8 +1,19 @@
-"""Attention blocks for Ultralytics YAMLs. Importing this package registers every block in :mod:`yolo_attn.registry`."""
+"""Attention blocks for Ultralytics YAMLs. Importing this package registers every block in :mod:`yolo_attn.registry`.
 
-from yolo_attn.nn import bot, coat, dat  # noqa: F401  (import registers the blocks)
-from yolo_attn.nn.bot import *  # noqa: F401,F403
-from yolo_attn.nn.coat import *  # noqa: F401,F403
-from yolo_attn.nn.dat import *  # noqa: F401,F403
+A block family is one file here, whose ``@register_block`` lines are its registration, plus its name in ``_FILES``;
+:mod:`yolo_attn.nn.attention` is the core the families share. Every public name of those files is importable from
+here (``from yolo_attn.nn import BoT3, set_attn_impl``).
+"""
 
-__all__ = [*bot.__all__, *dat.__all__, *coat.__all__]
+import importlib
+
+_FILES = ("attention", "bot", "coat", "dat")  # importing a family file registers its blocks
+_PUBLIC = tuple(importlib.import_module(f"{__name__}.{name}") for name in _FILES)
+__all__ = [name for module in _PUBLIC for name in module.__all__]
+
+
+def __getattr__(name: str):
+    for module in _PUBLIC:
+        if name in module.__all__:
+            return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

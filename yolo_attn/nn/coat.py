@@ -21,11 +21,11 @@ What differs from that code:
   the BN; the pre-norm is a plain ``BatchNorm2d`` (it acts on the shortcut's input, nothing to fold it into).
 - ``CoAt``'s residual branches end in zero-initialised projections: with ``c1 == c2`` and stride 1 the block is
   exactly the identity at initialisation, so it can be inserted into a trained network.
-- Attention runs through ``F.scaled_dot_product_attention`` with the bias as ``attn_mask`` (q pre-scaled, bias cast
-  to q's dtype), with a plain softmax twin (``fused=False``) for tests. On CPU, PyTorch's SDPA falls back to its
-  N x N math kernel whenever the mask needs a gradient; training on CPU therefore goes through
-  :class:`_RelBiasAttention`, which runs SDPA's fused kernel forward in query-row chunks and a chunked backward that
-  accumulates the table gradient directly, never holding an ``N x N`` tensor.
+- Attention runs through the shared core (:mod:`yolo_attn.nn.attention`) with the bias module
+  :class:`~yolo_attn.nn.attention.CoAtRelPos`: SDPA with the bias as ``attn_mask`` (q pre-scaled, bias cast to q's
+  dtype), the plain softmax twin, and on CPU the chunked kernel, which runs SDPA's fused kernel forward in bands of
+  query rows and a backward that sums the table gradient over equal offsets directly, never holding an ``N x N``
+  tensor (PyTorch's CPU SDPA falls back to its ``N x N`` math kernel whenever the mask needs a gradient).
 """
 
 from __future__ import annotations
@@ -33,16 +33,24 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
-from timm.layers import ConvMlp, DropPath, LayerNorm2d, SEModule, trunc_normal_
+from einops import rearrange
+from timm.layers import ConvMlp, DropPath, LayerNorm2d, SEModule
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from yolo_attn._compat import Conv
-from yolo_attn.nn.common import AttnCSP, attend, rel_index
+from yolo_attn.nn.attention import AttentionLayer, CoAtRelPos, attend, check_impl
+from yolo_attn.nn.common import (
+    AttnCSP,
+    check_channels,
+    check_choice,
+    check_int,
+    check_number,
+    hidden_width,
+    resolve_heads,
+)
 from yolo_attn.registry import register_block
 
-__all__ = ["MBConv", "CoAt", "CoAt3", "CoAtBlock", "CoAtAttention", "coat_rel_bias"]
+__all__ = ["MBConv", "CoAt", "CoAt3", "CoAtBlock", "CoAtAttention"]
 
 
 def _pool2x() -> nn.Module:
@@ -50,171 +58,32 @@ def _pool2x() -> nn.Module:
     return nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
 
 
-def _check_stride(block: str, stride: int) -> None:
-    if stride not in (1, 2):
-        raise ValueError(f"{block}: stride={stride!r} is not supported; use 1 or 2")
+def _check_max_rel(block: str, max_rel: int) -> int:
+    return check_int(block, "max_rel", max_rel, 1, " (32 covers P5 at 1056 px)")
 
 
-def _check_range(block: str, name: str, value: float, lo: float, hi: float, lo_open: bool = False) -> None:
-    ok = (lo < value if lo_open else lo <= value) and value < hi
-    if not ok:
-        lo_b = "(" if lo_open else "["
-        raise ValueError(f"{block}: {name}={value!r} is out of range; use a value in {lo_b}{lo}, {hi})")
+def _check_stage(block: str, n: int, mlp_ratio: float, max_rel: int, drop_path: float) -> None:
+    """The checks CoAt and CoAt3 share, so that a bad YAML extra is reported with the row's own block name."""
+    check_int(block, "n", n, 1, " (transformer blocks)")
+    check_number(block, "mlp_ratio", mlp_ratio, 0.0, low_open=True)
+    _check_max_rel(block, max_rel)
+    check_number(block, "drop_path", drop_path, 0.0, 1.0)
 
 
-def _resolve_heads(block: str, channels: int, dim_head: int, what: str = "c2") -> int:
-    """Heads = channels / dim_head, or a ValueError naming the width and the head dims that would work."""
-    if not isinstance(dim_head, int) or dim_head <= 0 or channels % dim_head:
-        valid = [d for d in (8, 16, 24, 32, 48, 64, 96, 128) if channels % d == 0]
-        raise ValueError(
-            f"{block}: attention width {what}={channels} is not divisible by dim_head={dim_head!r}; heads are "
-            f"derived as width / dim_head, so choose a dim_head that divides {channels} (e.g. {valid or [1]}) or "
-            "a width that is a multiple of the head dim"
-        )
-    return channels // dim_head
-
-
-def coat_rel_bias(table: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
-    """Gather the 2-D relative bias: ``bias[h, qy, qx, ky, kx] = table[h, iy[qy, ky], ix[qx, kx]]``.
-
-    Args:
-        table: Per-head table (h, 2R+1, 2R+1) indexed by (clipped ky - qy, clipped kx - qx).
-        iy: Row offset indices (Hq, Hk) from :func:`rel_index` (or a slice of its rows).
-        ix: Column offset indices (Wq, Wk).
-
-    Returns:
-        A (h, Hq, Wq, Hk, Wk) view; ``.flatten(1, 2).flatten(2)`` gives the (h, Nq, Nk) logits. Columns are gathered
-        on the small table first and rows second, two plain gathers of contiguous runs (no N^2 integer index, and
-        about twice as fast on CPU as one two-index gather).
-    """
-    tx = table[:, :, ix].transpose(1, 2)  # h, Wq, 2R+1, Wk
-    return tx[:, :, iy].permute(0, 2, 1, 3, 4)  # h, Hq, Wq, Hk, Wk
-
-
-class _RelBiasAttention(torch.autograd.Function):
-    """``softmax(q k^T + bias(table)) v`` with a memory-bounded backward, for training on CPU.
-
-    Forward: SDPA's fused kernel over chunks of query rows, each with its slice of the gathered bias (rows are
-    independent, so this is exact). Backward, FlashAttention style, per chunk: recompute ``P`` in fp32, then
-    ``dS = P * (dO v^T - rowsum(dO * O))``, ``dq = dS k``, ``dk += dS^T q``, ``dv += P^T dO``; the table gradient is
-    ``dS`` summed over the batch and over all query/key pairs that share a clipped offset. Peak extra memory is a few
-    chunk-sized tensors (``B x h x rows*W x N``, see :meth:`CoAtAttention._chunk_rows`) instead of the
-    ``B x h x N x N`` logits, probabilities and their gradients of the plain path. ``rows`` (query rows per chunk)
-    and the map size are plain ints: this path is never traced or exported.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, table, height: int, width: int, max_rel: int, rows: int):
-        b, h, n, _ = q.shape
-        rows = max(1, min(height, rows))
-        iy = rel_index(height, max_rel, q.device)
-        ix = rel_index(width, max_rel, q.device)
-        out = q.new_empty(b, h, n, v.shape[-1])
-        # Work buffers are allocated once and reused by every chunk: fresh multi-MB tensors cost page faults on each
-        # allocation, which on CPU is a good part of the plain path's time.
-        work = _ChunkWork(table, rows, height, width, dtype=q.dtype)
-        with torch.autocast(q.device.type, enabled=False):
-            for y0 in range(0, height, rows):
-                y1 = min(height, y0 + rows)
-                sl = slice(y0 * width, y1 * width)
-                bias = work.bias(iy[y0:y1], ix).flatten(3).flatten(1, 2)[None]  # 1, h, c, N
-                out[:, :, sl] = F.scaled_dot_product_attention(q[:, :, sl], k, v, attn_mask=bias, scale=1.0)
-        ctx.save_for_backward(q, k, v, table, out)
-        ctx.shape = (height, width, max_rel, rows)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        q, k, v, table, out = ctx.saved_tensors
-        height, width, max_rel, rows = ctx.shape
-        b, h, n, _ = q.shape
-        ct = torch.promote_types(q.dtype, torch.float32)  # fp32 (fp64 under gradcheck)
-        iy = rel_index(height, max_rel, q.device)
-        ix = rel_index(width, max_rel, q.device)
-        with torch.autocast(q.device.type, enabled=False):
-            qf, kf, vf, gf = (t.to(ct) for t in (q, k, v, grad_out))
-            delta = (gf * out.to(ct)).sum(-1, keepdim=True)  # rowsum(P * dP) = dO . O, (B, h, N, 1)
-            kt, vt = kf.transpose(-1, -2), vf.transpose(-1, -2)
-            dq = torch.empty_like(qf)
-            dk, dv = torch.zeros_like(kf), torch.zeros_like(vf)
-            work = _ChunkWork(table.to(ct), rows, height, width, dtype=ct)
-            s_buf = qf.new_empty(b * h * rows * width * n)
-            dp_buf = qf.new_empty(b * h * rows * width * n)
-            # Table gradient along x without an index tensor: dS summed over the batch goes into a zeroed buffer
-            # whose key rows are padded by W-1 zeros on both sides, (h, qy, qx, ky, 3W-2). Read with a qx stride one
-            # element longer than stored, position c of row qx is kx = qx + c - (W-1), or a zero pad: summing over
-            # qx then gives, for every (qy, ky), the sums over each column offset kx - qx = c - (W-1).
-            pw = 3 * width - 2
-            pad = qf.new_zeros(h, rows, width, height, pw)
-            acc = qf.new_empty(h, height, height, 2 * width - 1)  # h, qy, ky, kx - qx + W - 1
-            for y0 in range(0, height, rows):
-                y1 = min(height, y0 + rows)
-                cy, sl = y1 - y0, slice(y0 * width, y1 * width)
-                c = cy * width
-                qc, gc = qf[:, :, sl], gf[:, :, sl]
-                p = torch.matmul(qc, kt, out=s_buf[: b * h * c * n].view(b, h, c, n))  # logits, then P in place
-                p.view(b, h, cy, width, height, width).add_(work.bias(iy[y0:y1], ix, ordered=False))
-                p.sub_(p.amax(-1, keepdim=True)).exp_()
-                p.mul_(p.sum(-1, keepdim=True).reciprocal_())
-                ds = torch.matmul(gc, vt, out=dp_buf[: b * h * c * n].view(b, h, c, n))  # dP, then dS in place
-                ds.sub_(delta[:, :, sl]).mul_(p)
-                dq[:, :, sl] = ds @ kf
-                dk += ds.transpose(-1, -2) @ qc
-                dv += p.transpose(-1, -2) @ gc
-                region = pad[:, :cy, :, :, width - 1 : 2 * width - 1]  # h, cy, qx, ky, kx
-                torch.sum(ds.view(b, h, cy, width, height, width), dim=0, out=region)
-                stride = (rows * width * height * pw, width * height * pw, pw, height * pw + 1, 1)
-                skew = pad.as_strided((h, cy, height, width, 2 * width - 1), stride)  # h, qy, ky, qx, c
-                torch.sum(skew, dim=3, out=acc[:, y0:y1])
-            # column offsets kx - qx -> clipped table column, then row offsets (qy, ky) -> clipped table row
-            dx = torch.arange(-(width - 1), width, device=q.device).clamp(-max_rel, max_rel) + max_rel
-            gx = acc.new_zeros(h, height * height, 2 * max_rel + 1).index_add_(2, dx, acc.flatten(1, 2))
-            dtable = acc.new_zeros(h, 2 * max_rel + 1, 2 * max_rel + 1).index_add_(1, iy.flatten(), gx)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dtable.to(table.dtype), None, None, None, None
-
-
-class _ChunkWork:
-    """Reusable buffers that turn the table into the bias of a chunk of query rows, in (h, qy, qx, ky, kx) order."""
-
-    def __init__(self, table: torch.Tensor, rows: int, height: int, width: int, dtype: torch.dtype):
-        h = table.shape[0]
-        self.height, self.width = height, width
-        self.tx = table[:, :, rel_index(width, (table.shape[-1] - 1) // 2, table.device)].to(dtype)  # h, dy, qx, kx
-        self.tx = self.tx.transpose(1, 2).contiguous()  # h, qx, dy, kx
-        self.gathered = table.new_empty(h * width * rows * height * width, dtype=dtype)
-        self.ordered: torch.Tensor | None = None
-
-    def bias(self, iy: torch.Tensor, ix: torch.Tensor, ordered: bool = True) -> torch.Tensor:
-        """(h, cy, W, H, W) bias of the query rows whose row offsets are ``iy`` (cy, H).
-
-        ``ordered=False`` returns a permuted view (enough to add it to the logits); ``True`` a contiguous copy (what
-        SDPA's ``attn_mask`` needs).
-        """
-        h, w, cy, hk = self.tx.shape[0], self.width, iy.shape[0], self.height
-        g = self.gathered[: h * w * cy * hk * w].view(h, w, cy * hk, w)
-        torch.index_select(self.tx, 2, iy.flatten(), out=g)  # h, qx, (qy, ky), kx
-        view = g.view(h, w, cy, hk, w).transpose(1, 2)  # h, qy, qx, ky, kx
-        if not ordered:
-            return view
-        if self.ordered is None:
-            self.ordered = torch.empty_like(self.gathered)
-        return self.ordered[: h * cy * w * hk * w].view(h, cy, w, hk, w).copy_(view)
-
-
-class CoAtAttention(nn.Module):
+class CoAtAttention(AttentionLayer):
     """Multi-head self-attention over all pixels with CoAtNet's relative bias (paper Eq. 3).
 
-    ``logits[i, j] = (q_i / sqrt(d)) . k_j + w[head, clip(ky - qy), clip(kx - qx)]``. q, k, v come from one 1x1 conv
-    ``c1 -> 3 * c2`` (the paper's down-sampling block widens inside the attention), followed by a 1x1 output
-    projection. The input is expected normalised (and pooled, for stride 2) by :class:`CoAtBlock`.
+    ``logits[i, j] = (q_i / sqrt(d)) . k_j + w[head, clip(ky - qy), clip(kx - qx)]``
+    (:class:`~yolo_attn.nn.attention.CoAtRelPos`). q, k, v come from one 1x1 conv ``c1 -> 3 * c2`` (the paper's
+    down-sampling block widens inside the attention), followed by a 1x1 output projection. The input is expected
+    normalised (and pooled, for stride 2) by :class:`CoAtBlock`.
 
     Args:
         c1: Input channels.
         c2: Attention width and output channels.
         num_heads: Heads (``c2 / num_heads`` per head).
         max_rel: Offsets are clipped to ``[-max_rel, max_rel]``; the table has ``(2 * max_rel + 1)^2`` entries a head.
-        fused: SDPA fast path (True) or the plain softmax twin (False).
+        attn_impl: One of :data:`~yolo_attn.nn.attention.ATTN_IMPLS`.
 
     Examples:
         >>> attn = CoAtAttention(64, 64, num_heads=2)
@@ -222,65 +91,34 @@ class CoAtAttention(nn.Module):
         torch.Size([2, 64, 15, 20])
     """
 
-    def __init__(self, c1: int, c2: int, num_heads: int, max_rel: int = 32, fused: bool = True):
+    def __init__(self, c1: int, c2: int, num_heads: int, max_rel: int = 32, attn_impl: str = "auto"):
         super().__init__()
-        if not isinstance(max_rel, int) or max_rel < 1:
-            raise ValueError(f"CoAtAttention: max_rel={max_rel!r} must be an integer >= 1 (32 covers P5 at 1056 px)")
-        self.num_heads, self.dim_head = num_heads, c2 // num_heads
+        check_channels("CoAtAttention", c1, c2)
+        _check_max_rel("CoAtAttention", max_rel)
+        self.num_heads, self.dim_head = resolve_heads("CoAtAttention", c2, num_heads=num_heads)
         self.scale = self.dim_head**-0.5
-        self.max_rel = max_rel
-        self.fused = fused
-        self.chunk_elems: int | None = None  # CPU training path: elements per chunk tensor; None = automatic
+        self.attn_impl = check_impl("CoAtAttention", attn_impl)
         self.qkv = nn.Conv2d(c1, 3 * c2, 1)
         self.proj = nn.Conv2d(c2, c2, 1)
-        # The name contains "bias" on purpose: Ultralytics' build_optimizer then puts the table in the no-decay group
-        # (as timm and DAT exempt their position tables); a decayed table would be pulled towards "no position".
-        self.rel_pos_bias_table = nn.Parameter(torch.zeros(num_heads, 2 * max_rel + 1, 2 * max_rel + 1))
-        trunc_normal_(self.rel_pos_bias_table, std=0.02)
+        # The parameter name contains "bias" on purpose: Ultralytics' build_optimizer then puts the table in the
+        # no-decay group (as timm and DAT exempt their position tables); a decayed table drifts to "no position".
+        self.rel_pos = CoAtRelPos(num_heads, max_rel)
 
-    def rel_bias(self, height: int, width: int) -> torch.Tensor:
-        """The additive logits for an ``height x width`` map: (1, heads, N, N), N = height * width."""
-        dev = self.rel_pos_bias_table.device
-        iy, ix = rel_index(height, self.max_rel, dev), rel_index(width, self.max_rel, dev)
-        return coat_rel_bias(self.rel_pos_bias_table, iy, ix).flatten(1, 2).flatten(2)[None]
-
-    def _chunked(self, q: torch.Tensor) -> bool:
-        """Use the chunked CPU training path? Only when a gradient is needed, on CPU, and not while exporting."""
-        return (
-            self.fused
-            and not q.is_cuda
-            and torch.is_grad_enabled()
-            and (q.requires_grad or self.rel_pos_bias_table.requires_grad)
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting()
-            and not torch.onnx.is_in_onnx_export()
-        )
-
-    def _chunk_rows(self, b: int, height: int, width: int) -> int:
-        """Query rows per chunk of the CPU training path.
-
-        Automatic: a sixteenth of one ``B x h x N x N`` tensor (the twin holds about three of them at its peak; this
-        path about five chunk-sized buffers), at least 2^19 elements (small maps: few chunks, little per-op overhead)
-        and at most 2^24 (64 MB in fp32).
-        """
-        per_row = b * self.num_heads * width * height * width
-        full = per_row * height
-        target = self.chunk_elems or min(1 << 24, max(1 << 19, full // 16))
-        return max(1, target // per_row)
+    def _upgrade_state(self) -> None:
+        # in yolo_attn 0.1 the table was CoAtAttention's own parameter next to a max_rel attribute
+        if "rel_pos_bias_table" in self._parameters:
+            table = self._parameters.pop("rel_pos_bias_table")
+            pos = CoAtRelPos(table.shape[0], self.__dict__.pop("max_rel"))
+            pos.bias_table = table
+            self.rel_pos = pos
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, height, width = x.shape
-        qkv = self.qkv(x).flatten(2).unflatten(1, (3, self.num_heads, self.dim_head))  # B, 3, h, d, N
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # B, h, N, d each
+        height = x.shape[2]
+        qkv = rearrange(self.qkv(x), "b (qkv h d) y x -> qkv b h (y x) d", qkv=3, h=self.num_heads)
+        q, k, v = qkv.unbind(0)
         q = q * self.scale  # scale before the position logits are added
-        if self._chunked(q):
-            out = _RelBiasAttention.apply(
-                q, k, v, self.rel_pos_bias_table, height, width, self.max_rel, self._chunk_rows(b, height, width)
-            )
-        else:
-            out = attend(q, k, v, self.rel_bias(height, width), scale=1.0, fused=self.fused)  # B, h, N, d
-        out = out.transpose(-1, -2).reshape(b, -1, height, width)  # B, C, H, W
-        return self.proj(out)
+        out = attend(q, k, v, self.rel_pos(q, (height, x.shape[3])), self.attn_impl)
+        return self.proj(rearrange(out, "b h (y x) d -> b (h d) y x", y=height))
 
 
 class CoAtBlock(nn.Module):
@@ -299,7 +137,6 @@ class CoAtBlock(nn.Module):
         mlp_ratio: FFN hidden width as a multiple of ``c2``.
         max_rel: Relative offset clip (see :class:`CoAtAttention`).
         drop_path: Stochastic depth rate of both residual branches.
-        fused: SDPA fast path or the plain twin.
     """
 
     def __init__(
@@ -311,12 +148,14 @@ class CoAtBlock(nn.Module):
         mlp_ratio: float = 4.0,
         max_rel: int = 32,
         drop_path: float = 0.0,
-        fused: bool = True,
     ):
         super().__init__()
+        check_choice("CoAtBlock", "stride", stride, (1, 2))
+        check_number("CoAtBlock", "mlp_ratio", mlp_ratio, 0.0, low_open=True)
+        check_number("CoAtBlock", "drop_path", drop_path, 0.0, 1.0)
         self.norm1 = LayerNorm2d(c1, eps=1e-5)
         self.pool = _pool2x() if stride == 2 else nn.Identity()
-        self.attn = CoAtAttention(c1, c2, num_heads, max_rel=max_rel, fused=fused)
+        self.attn = CoAtAttention(c1, c2, num_heads, max_rel=max_rel)
         short = [_pool2x()] if stride == 2 else []
         if c1 != c2:
             short.append(nn.Conv2d(c1, c2, 1))  # the paper's Proj: a linear 1x1 with bias
@@ -378,10 +217,11 @@ class MBConv(nn.Module):
         drop_path: float = 0.0,
     ):
         super().__init__()
-        _check_stride("MBConv", stride)
-        _check_range("MBConv", "expand_ratio", expand_ratio, 0, math.inf, lo_open=True)
-        _check_range("MBConv", "se_ratio", se_ratio, 0, 1.0 + 1e-9)
-        _check_range("MBConv", "drop_path", drop_path, 0, 1)
+        check_channels("MBConv", c1, c2)
+        check_choice("MBConv", "stride", stride, (1, 2))
+        check_number("MBConv", "expand_ratio", expand_ratio, 0.0, low_open=True)
+        check_number("MBConv", "se_ratio", se_ratio, 0.0, 1.0, high_open=False)
+        check_number("MBConv", "drop_path", drop_path, 0.0, 1.0)
         c_mid = max(1, int(round(c2 * expand_ratio)))
         self.c1, self.c2, self.stride = c1, c2, stride
         self.norm = nn.BatchNorm2d(c1)
@@ -424,7 +264,6 @@ class CoAt(nn.Module):
         mlp_ratio: FFN hidden width as a multiple of ``c2``.
         max_rel: Relative offsets are clipped to ``[-max_rel, max_rel]`` (exact up to ``max_rel + 1`` tokens a side).
         drop_path: Stochastic depth rate of every residual branch.
-        fused: SDPA fast path (True) or the plain softmax twin (False, for tests).
 
     Examples:
         >>> m = CoAt(64, 64, 2)
@@ -445,36 +284,19 @@ class CoAt(nn.Module):
         mlp_ratio: float = 4.0,
         max_rel: int = 32,
         drop_path: float = 0.0,
-        fused: bool = True,
     ):
         super().__init__()
-        _check_stride("CoAt", stride)
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"CoAt: n={n!r} blocks; use an integer >= 1")
-        heads = _resolve_heads("CoAt", c2, dim_head)
-        _check_range("CoAt", "mlp_ratio", mlp_ratio, 0, math.inf, lo_open=True)
-        _check_range("CoAt", "drop_path", drop_path, 0, 1)
-        if not isinstance(max_rel, int) or max_rel < 1:
-            raise ValueError(f"CoAt: max_rel={max_rel!r} must be an integer >= 1 (32 covers P5 at 1056 px)")
+        check_channels("CoAt", c1, c2)
+        check_choice("CoAt", "stride", stride, (1, 2))
+        num_heads, _ = resolve_heads("CoAt", c2, dim_head=dim_head)
+        _check_stage("CoAt", n, mlp_ratio, max_rel, drop_path)
         self.c1, self.c2, self.n, self.stride = c1, c2, n, stride
         self.m = nn.Sequential(
             *(
-                CoAtBlock(
-                    c1 if i == 0 else c2, c2, heads, stride if i == 0 else 1, mlp_ratio, max_rel, drop_path, fused
-                )
+                CoAtBlock(c1 if i == 0 else c2, c2, num_heads, stride if i == 0 else 1, mlp_ratio, max_rel, drop_path)
                 for i in range(n)
             )
         )
-
-    @property
-    def fused(self) -> bool:
-        return all(m.fused for m in self.modules() if isinstance(m, CoAtAttention))
-
-    @fused.setter
-    def fused(self, value: bool) -> None:
-        for m in self.modules():
-            if isinstance(m, CoAtAttention):
-                m.fused = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.m(x)
@@ -498,7 +320,6 @@ class CoAt3(AttnCSP):
         mlp_ratio: FFN hidden width of the blocks, as a multiple of ``c_``.
         max_rel: Relative offset clip.
         drop_path: Stochastic depth rate of the blocks.
-        fused: SDPA fast path or the plain twin.
 
     Examples:
         >>> CoAt3(64, 128, 1)(torch.randn(1, 64, 15, 20)).shape
@@ -515,11 +336,11 @@ class CoAt3(AttnCSP):
         mlp_ratio: float = 4.0,
         max_rel: int = 32,
         drop_path: float = 0.0,
-        fused: bool = True,
     ):
         super().__init__()
-        _check_range("CoAt3", "e", e, 0, 1.0 + 1e-9, lo_open=True)
-        c_ = int(c2 * e)
-        _resolve_heads("CoAt3", c_, dim_head, what="int(c2 * e)")
+        check_channels("CoAt3", c1, c2)
+        c_ = hidden_width("CoAt3", c2, e, high=1.0)
+        resolve_heads("CoAt3", c_, dim_head=dim_head, what=f"int(c2 * e) = int({c2} * {e})")
+        _check_stage("CoAt3", n, mlp_ratio, max_rel, drop_path)
         self.c1, self.c2, self.n = c1, c2, n
-        self._build(c1, c2, c_, CoAt(c_, c_, n, 1, dim_head, mlp_ratio, max_rel, drop_path, fused))
+        self._build(c1, c2, c_, CoAt(c_, c_, n, 1, dim_head, mlp_ratio, max_rel, drop_path))

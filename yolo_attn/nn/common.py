@@ -1,133 +1,129 @@
-"""Shared pieces of the attention blocks: resolution-free relative offsets and the attention kernel.
+"""What the block families share besides attention: one vocabulary of argument checks, and the CSP layout.
 
-Every fast path has a plain, obviously-correct twin that the tests compare against (the timm pattern):
-``attend(..., fused=True)`` goes through ``F.scaled_dot_product_attention``; ``fused=False`` is a manual softmax.
+Every check raises a ``ValueError`` that names the block, the argument and its value, and says what would work: a
+YAML row with a wrong extra then fails with a message Ultralytics' row error can point at, never with an assert or an
+arithmetic error deep inside a constructor.
 
-Nothing here is sized at construction: offsets are built from the live ``H`` and ``W`` on every call, so the 256x256
-stride probe, rectangular validation (80x60, 40x30, 20x15), 1xk FLOPs probes and any export size share one set of
-weights.
+Examples:
+    >>> check_int("BoT3", "n", 2)
+    2
+    >>> hidden_width("CoAt3", 256, 0.5, high=1.0)
+    128
+    >>> resolve_heads("MHSA", 128, num_heads=4)
+    (4, 32)
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["rel_index", "attend", "attention_reference", "check_heads", "sdpa_backends", "AttnCSP"]
+from yolo_attn._compat import Conv
+
+__all__ = [
+    "check_int",
+    "check_number",
+    "check_choice",
+    "check_channels",
+    "hidden_width",
+    "resolve_heads",
+    "AttnCSP",
+]
 
 
-def rel_index(n: int, max_rel: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Clipped key-minus-query offsets along one axis, as table indices.
-
-    Returns a ``(n, n)`` long tensor ``idx[i, j] = clamp(j - i, -max_rel, max_rel) + max_rel``, i.e. an index into
-    a table of ``2 * max_rel + 1`` entries. Exact for ``n <= max_rel + 1``; longer distances share the edge bucket.
-    Built from ``arange`` on every call (O(n^2) ints, never O(N^2)), so it follows the input size and exports with
-    dynamic shapes.
-    """
-    pos = torch.arange(n, device=device)
-    return (pos[None, :] - pos[:, None]).clamp(-max_rel, max_rel) + max_rel
+def check_int(block: str, name: str, value, low: int = 1, hint: str = "") -> int:
+    """``value`` if it is an integer (not a bool) ``>= low``; otherwise a ValueError (``hint`` is appended)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{block}: {name}={value!r} must be an integer >= {low}{hint}")
+    return value
 
 
-def check_heads(
-    block: str, channels: int, num_heads: int | None = None, dim_head: int | None = None
+def check_number(
+    block: str,
+    name: str,
+    value,
+    low: float = 0.0,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = True,
+    hint: str = "",
+):
+    """``value`` if it is a number (not a bool) in the interval; otherwise a ValueError naming the interval."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{block}: {name}={value!r} is out of range; use a number in {interval}{hint}")
+    return value
+
+
+def check_choice(block: str, name: str, value, choices: Sequence):
+    """``value`` if it is one of ``choices``; otherwise a ValueError listing them."""
+    bool_mismatch = isinstance(value, bool) and not any(isinstance(c, bool) for c in choices)  # True == 1
+    if bool_mismatch or isinstance(value, (list, dict, set)) or value not in choices:
+        raise ValueError(f"{block}: {name}={value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def check_channels(block: str, c1, c2) -> None:
+    """Input and output channels are positive integers (a YAML width that scales to 0 fails here, naming it)."""
+    check_int(block, "c1", c1, 1, " (input channels)")
+    check_int(block, "c2", c2, 1, " (output channels; a YAML width that scales to 0 or less ends up here)")
+
+
+def hidden_width(block: str, c2: int, e, high: float = math.inf) -> int:
+    """``int(c2 * e)`` for a width ratio ``e`` in ``(0, high]``, at least one channel."""
+    check_number(block, "e", e, 0.0, high, low_open=True, high_open=False, hint=" (the hidden width is int(c2 * e))")
+    c_ = int(c2 * e)
+    if c_ < 1:
+        raise ValueError(f"{block}: int(c2 * e) = int({c2} * {e}) = 0 hidden channels; increase c2 or e")
+    return c_
+
+
+def resolve_heads(
+    block: str, width: int, num_heads: int | None = None, dim_head: int | None = None, what: str = "c2"
 ) -> tuple[int, int]:
-    """Resolve ``(num_heads, dim_head)`` for ``channels`` and raise a ``ValueError`` that says what would work."""
+    """``(num_heads, dim_head)`` for an attention ``width`` from either one; a ValueError says which values divide it.
+
+    Args:
+        block: Block name for the message.
+        width: Attention width in channels.
+        num_heads: Heads (takes precedence when both are given).
+        dim_head: Channels per head.
+        what: How the width was derived, for the message (``"c2"``, ``"int(c2 * e) = int(256 * 0.5)"``).
+    """
     if num_heads is None and dim_head is None:
         raise ValueError(f"{block}: give num_heads or dim_head")
     if num_heads is None:
-        if dim_head <= 0 or channels % dim_head:
+        if isinstance(dim_head, bool) or not isinstance(dim_head, int) or dim_head < 1 or width % dim_head:
+            valid = [d for d in (8, 16, 24, 32, 48, 64, 96, 128) if width % d == 0] or [1]
             raise ValueError(
-                f"{block}: channels={channels} is not divisible by dim_head={dim_head}; "
-                f"choose a dim_head that divides {channels}"
+                f"{block}: attention width {what} = {width} is not divisible by dim_head={dim_head!r}; heads are "
+                f"width / dim_head, so choose a dim_head that divides {width} (e.g. {valid}) or a width that is a "
+                "multiple of the head dim"
             )
-        num_heads = channels // dim_head
-    if num_heads <= 0 or channels % num_heads:
-        divisors = [h for h in range(1, min(channels, 64) + 1) if channels % h == 0]
+        return width // dim_head, dim_head
+    check_int(block, "num_heads", num_heads, 1)
+    if width % num_heads:
+        divisors = [h for h in range(1, min(width, 64) + 1) if width % h == 0]
         raise ValueError(
-            f"{block}: channels={channels} is not divisible by heads={num_heads}; heads must divide the attention "
-            f"width (valid heads for {channels}: {divisors})"
+            f"{block}: attention width {what} = {width} is not divisible by num_heads={num_heads}; heads must divide "
+            f"the width (valid num_heads for {width}: {divisors})"
         )
-    return num_heads, channels // num_heads
-
-
-def attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, scale: float | None = None
-) -> torch.Tensor:
-    """Plain softmax attention, the twin of :func:`attend`. q: (B, h, N, d), k: (B, h, M, d), v: (B, h, M, dv)."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    sim = (q * scale) @ k.transpose(-2, -1)  # B, h, N, M
-    if bias is not None:
-        sim = sim + bias.to(sim.dtype)
-    attn = sim.softmax(dim=-1)
-    return attn @ v  # B, h, N, dv
-
-
-_SDPA_BIAS_BACKENDS = None  # set lazily: torch.nn.attention may be missing on old torch
-
-
-def sdpa_backends():
-    """Kernel list used on CUDA when an additive bias is present (see BLOCKS.md 1.2): efficient, then math.
-
-    Flash cannot take a float bias; cuDNN has had bias bugs at our sequence lengths, so it is left out here.
-    Returns ``None`` when ``torch.nn.attention`` is not available.
-    """
-    global _SDPA_BIAS_BACKENDS
-    if _SDPA_BIAS_BACKENDS is None:
-        try:
-            from torch.nn.attention import SDPBackend
-
-            _SDPA_BIAS_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
-        except ImportError:  # pragma: no cover - torch < 2.3
-            _SDPA_BIAS_BACKENDS = []
-    return _SDPA_BIAS_BACKENDS or None
-
-
-def attend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    scale: float | None = None,
-    fused: bool = True,
-) -> torch.Tensor:
-    """Attention through ``F.scaled_dot_product_attention`` (``fused=True``) or its plain twin.
-
-    Args:
-        q: Queries (B, h, N, d).
-        k: Keys (B, h, M, d).
-        v: Values (B, h, M, dv).
-        bias: Optional additive logits broadcastable to (B, h, N, M); cast to ``q.dtype`` (required by the efficient
-            kernel, and avoids cuDNN misreading an fp32 mask with half queries).
-        scale: Logit scale; default ``d ** -0.5``. Pass ``1.0`` when q was pre-scaled.
-        fused: Use SDPA (True) or the reference softmax (False).
-    """
-    if not fused:
-        return attention_reference(q, k, v, bias, scale)
-    if bias is not None:
-        bias = bias.to(q.dtype)
-    ctx = contextlib.nullcontext()
-    if bias is not None and q.is_cuda and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
-        backends = sdpa_backends()
-        if backends:
-            from torch.nn.attention import sdpa_kernel
-
-            ctx = sdpa_kernel(backends)
-    with ctx:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    return num_heads, width // num_heads
 
 
 class AttnCSP(nn.Module):
     """The C3 layout shared by BoT3, DAT3 and CoAt3: ``cv3(cat(m(cv1(x)), cv2(x)))`` with 1x1 Ultralytics ``Conv``.
 
-    Subclasses validate their arguments, then call :meth:`_build` with the hidden width and their attention stack.
+    Subclasses check their arguments, then call :meth:`_build` with the hidden width and their attention stack.
     """
 
     def _build(self, c1: int, c2: int, c_: int, m: nn.Module) -> None:
-        from yolo_attn._compat import Conv
-
         self.cv1 = Conv(c1, c_, 1)
         self.cv2 = Conv(c1, c_, 1)
         self.cv3 = Conv(2 * c_, c2, 1)

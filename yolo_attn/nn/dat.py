@@ -29,22 +29,33 @@ reference points, one key per ``r x r`` cell (key stride ``r``). What differs fr
   The snippets use key stride 1 (full ``N x N`` attention) and 8 heads everywhere.
 - Numerics and export: coordinates, grids and sampling in fp32; table and bias cast at use (no fp32 constant meets a
   half tensor); no in-place ops; no einsum; normalisers derived from tensors so that a dynamic ONNX export is exact at
-  every size; attention through SDPA with a plain twin (``fused=False``). No attention dropout, ``dwc_pe``,
-  ``fixed_pe`` (resolution-locked) or ``log_cpb`` options.
+  every size; attention through the shared core (:mod:`yolo_attn.nn.attention`) with a plain twin. No attention
+  dropout, ``dwc_pe``, ``fixed_pe`` (resolution-locked) or ``log_cpb`` options.
 - ONNX: ``GridSample`` needs opset 16; exporting at a lower opset raises a clear error instead of a deep exporter one.
 """
 
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+from einops import rearrange
+from timm.layers import DropPath, LayerNorm2d
 
 from yolo_attn._compat import Conv
-from yolo_attn.nn.common import AttnCSP, attend, check_heads
+from yolo_attn.nn.attention import AttentionLayer, DATRelPos, attend, cell_centres, check_impl
+from yolo_attn.nn.common import (
+    AttnCSP,
+    check_channels,
+    check_choice,
+    check_int,
+    check_number,
+    hidden_width,
+    resolve_heads,
+)
 from yolo_attn.registry import register_block
 
 __all__ = ["DAttention", "DATLayer", "DATBlock", "DAT3", "LEVELS", "POS_BIAS", "GRID_SAMPLE_MIN_OPSET"]
@@ -87,23 +98,6 @@ def _default_groups(heads: int) -> int:
     return g
 
 
-def _positive_int(block: str, name: str, value, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{block}: {name}={value!r} is invalid; {hint}")
-    return value
-
-
-def _centres(n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised centres of ``n`` cells along an axis (``align_corners=False``) and ``n`` as a tensor.
-
-    The count comes from the tensor (not Python arithmetic on the shape) so that a dynamic ONNX export computes it
-    at run time instead of freezing the export size into a constant.
-    """
-    i = torch.arange(n, device=like.device, dtype=torch.float32).to(like.dtype)  # like: fp32 (fp64 in tests)
-    n_t = torch.ones_like(i).sum()
-    return (2 * i + 1) / n_t - 1, n_t
-
-
 def _fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
     """Half and bfloat16 go to fp32 for coordinates and sampling; fp32 and fp64 stay (tests run in fp64)."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
@@ -137,14 +131,14 @@ def _check_export_opset(block: str) -> None:
 
 
 @register_block(family="dat", role="layer", takes_level=True, bench_levels=(5, 4, 3))
-class DAttention(nn.Module):
+class DAttention(AttentionLayer):
     """Deformable multi-head attention (DAT, Xia et al. 2022) with a resolution-free relative position bias.
 
     ``q = W_q x`` at every pixel; an offset network on ``q`` (per group: depthwise ``k x k`` conv with stride ``r``,
     channel LayerNorm, GELU, bias-free 1x1 to two offsets) moves one reference point per ``r x r`` key cell; ``x`` is
-    sampled there (bilinear, fp32), ``k = W_k x~``, ``v = W_v x~``; logits ``q.k / sqrt(d) + bias(displacement)``;
-    ``y = W_o softmax(.) v``. Groups share the offset network; each group's channels are sampled at its own points
-    and the heads of a group use that group's points for the bias.
+    sampled there (bilinear, fp32), ``k = W_k x~``, ``v = W_v x~``; logits ``q.k / sqrt(d) + bias(displacement)``
+    (:class:`~yolo_attn.nn.attention.DATRelPos`); ``y = W_o softmax(.) v``. Groups share the offset network; each
+    group's channels are sampled at its own points and the heads of a group use that group's points for the bias.
 
     Args:
         c1: Input channels.
@@ -158,7 +152,7 @@ class DAttention(nn.Module):
         pos_bias: Relative position bias in feature pixels: ``"table"`` (the paper's 2-D table), ``"axial"`` (row
             table + column table, about 1.5x faster at P3) or ``"none"``.
         max_rel: Table radius ``R`` in feature pixels; displacements beyond it share the edge entry.
-        fused: Use ``F.scaled_dot_product_attention`` (True) or the plain softmax twin (False).
+        attn_impl: One of :data:`~yolo_attn.nn.attention.ATTN_IMPLS`.
 
     Examples:
         >>> m = DAttention(64, 64, level=3)  # P3: key stride 4, 7x7 offset kernel
@@ -178,36 +172,30 @@ class DAttention(nn.Module):
         offset_range: float = 2.0,
         pos_bias: str = "table",
         max_rel: int = 32,
-        fused: bool = True,
+        attn_impl: str = "auto",
     ):
         super().__init__()
         name = type(self).__name__
-        _positive_int(name, "c1", c1, "input channels must be a positive int")
-        _positive_int(name, "c2", c2, "output channels must be a positive int")
+        check_channels(name, c1, c2)
         self.level = _parse_level(name, level)
         r_default, k_default = LEVELS[self.level]
-        self.key_stride = _positive_int(
-            name, "key_stride", r_default if key_stride is None else key_stride, "use a positive int (1 = every pixel)"
+        self.key_stride = check_int(
+            name, "key_stride", r_default if key_stride is None else key_stride, 1, " (1 = every pixel is a key)"
         )
         k = k_default if offset_kernel is None else offset_kernel
         if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
             raise ValueError(f"{name}: offset_kernel={k!r} is invalid; use an odd positive int such as {k_default}")
         self.offset_kernel = k
-        heads, dim_head = check_heads(name, c2, num_heads if num_heads is not None else _default_heads(c2))
-        if groups is None:
-            groups = _default_groups(heads)
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or heads % groups:
-            valid = [g for g in range(1, heads + 1) if heads % g == 0]
-            raise ValueError(f"{name}: groups={groups!r} must divide num_heads={heads}; valid groups: {valid}")
-        if isinstance(offset_range, bool) or not isinstance(offset_range, (int, float)) or not offset_range > 0:
-            raise ValueError(f"{name}: offset_range={offset_range!r} must be a positive number (2.0 = one key cell)")
-        if pos_bias not in POS_BIAS:
-            raise ValueError(f"{name}: pos_bias={pos_bias!r} is not supported; choose one of {POS_BIAS}")
-        self.max_rel = _positive_int(name, "max_rel", max_rel, "use a positive int table radius in pixels, e.g. 32")
+        heads, dim_head = resolve_heads(name, c2, num_heads if num_heads is not None else _default_heads(c2))
+        groups = _default_groups(heads) if groups is None else groups
+        check_choice(name, "groups", groups, [g for g in range(1, heads + 1) if heads % g == 0])
+        check_number(name, "offset_range", offset_range, 0.0, low_open=True, hint=" (2.0 = one key cell)")
+        check_choice(name, "pos_bias", pos_bias, POS_BIAS)
+        self.max_rel = check_int(name, "max_rel", max_rel, 1, " (the table radius in pixels, e.g. 32)")
         self.num_heads, self.dim_head, self.groups = heads, dim_head, groups
         self.offset_range = float(offset_range)
         self.pos_bias = pos_bias
-        self.fused = fused
+        self.attn_impl = check_impl(name, attn_impl)
         cg = c2 // groups
 
         self.proj = Conv(c1, c2, 1) if c1 != c2 else nn.Identity()
@@ -222,68 +210,41 @@ class DAttention(nn.Module):
             nn.Conv2d(cg, 2, 1, bias=False),  # no bias (paper 3.2): points are not pushed all one way
         )
         nn.init.zeros_(self.conv_offset[-1].weight)  # start on the reference grid
-        # "bias" in the table names on purpose: Ultralytics' optimizer puts them in the no-decay group, as DAT exempts
-        # its rpe_table from weight decay.
-        t = 2 * self.max_rel + 1
-        self.rel_pos_bias_table = nn.Parameter(torch.zeros(heads, t, t)) if pos_bias == "table" else None
-        self.rel_pos_bias_h = nn.Parameter(torch.zeros(heads, t)) if pos_bias == "axial" else None
-        self.rel_pos_bias_w = nn.Parameter(torch.zeros(heads, t)) if pos_bias == "axial" else None
-        for table in (self.rel_pos_bias_table, self.rel_pos_bias_h, self.rel_pos_bias_w):
-            if table is not None:
-                trunc_normal_(table, std=0.01)
+        # "bias" in the table names (rel_pos.bias_table ...) on purpose: Ultralytics' optimizer puts them in the
+        # no-decay group, as DAT exempts its rpe_table from weight decay.
+        self.rel_pos = None if pos_bias == "none" else DATRelPos(heads, groups, self.max_rel, pos_bias)
 
     def extra_repr(self) -> str:
         return (
-            f"level=P{self.level}, heads={self.num_heads}, dim_head={self.dim_head}, groups={self.groups}, "
+            f"level=P{self.level}, num_heads={self.num_heads}, dim_head={self.dim_head}, groups={self.groups}, "
             f"key_stride={self.key_stride}, offset_kernel={self.offset_kernel}, offset_range={self.offset_range}, "
-            f"pos_bias={self.pos_bias!r}, max_rel={self.max_rel}, fused={self.fused}"
+            f"pos_bias={self.pos_bias!r}, max_rel={self.max_rel}, attn_impl={self.attn_impl!r}"
         )
 
+    def _upgrade_state(self) -> None:
+        # in yolo_attn 0.1 the tables were DAttention's own parameters, None for the kinds not in use
+        old = [self._parameters.pop(k, None) for k in ("rel_pos_bias_table", "rel_pos_bias_h", "rel_pos_bias_w")]
+        if "rel_pos" in self._modules or "rel_pos" in self.__dict__:
+            return
+        if self.pos_bias == "none":
+            self.rel_pos = None
+            return
+        pos = DATRelPos(self.num_heads, self.groups, self.max_rel, self.pos_bias)
+        if self.pos_bias == "table":
+            pos.bias_table = old[0]
+        else:
+            pos.bias_h, pos.bias_w = old[1], old[2]
+        self.rel_pos = pos
+
     def sample_points(self, q: torch.Tensor) -> torch.Tensor:
-        """Key positions from the queries: ``(B * G, H_k, W_k, 2)`` fp32, normalised, ``(x, y)`` as grid_sample wants."""
+        """Key positions from the queries: ``(B * G, H_k, W_k, 2)``, fp32, normalised ``(x, y)`` for grid_sample."""
         b, c, h, w = q.shape
         theta = _fp32_or_wider(self.conv_offset(q.reshape(-1, c // self.groups, h, w)))  # B*G, 2, Hk, Wk
-        ref_y, hk = _centres(theta.shape[-2], theta)
-        ref_x, wk = _centres(theta.shape[-1], theta)
+        ref_y, hk = cell_centres(theta.shape[-2], theta)
+        ref_x, wk = cell_centres(theta.shape[-1], theta)
         py = ref_y[:, None] + theta[:, 0].tanh() * (self.offset_range / hk)  # B*G, Hk, Wk
         px = ref_x[None, :] + theta[:, 1].tanh() * (self.offset_range / wk)
         return torch.stack((px, py), dim=-1).clamp(-1, 1)
-
-    def position_bias(self, points: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor | None:
-        """Relative position logits ``(B, heads, H*W, N_s)`` for key ``points`` ``(B*G, H_k, W_k, 2)``, or ``None``.
-
-        Tables are indexed by the key-minus-query displacement in feature pixels (``normalised * size / 2``), scaled
-        so that +-R pixels land on their edges (``align_corners=True``); border padding clips longer displacements.
-        Deformed keys sit off the pixel grid, so the tables are read bilinearly (``grid_sample``, fp32).
-        """
-        if self.pos_bias == "none":
-            return None
-        qy, hq = _centres(h, points)
-        qx, wq = _centres(w, points)
-        to_table = torch.stack((wq, hq)) / (2 * self.max_rel)  # normalised -> table units: x * size / 2 / R
-        pts = points.flatten(1, 2) * to_table  # B*G, Ns, 2
-        if self.pos_bias == "axial":
-            # a_h(dy) + b_h(dx): two 1-D reads of size (H + W) x Ns, then one broadcast add
-            dy = pts[:, None, :, 1] - (qy * to_table[1])[None, :, None]  # B*G, H, Ns
-            dx = pts[:, None, :, 0] - (qx * to_table[0])[None, :, None]  # B*G, W, Ns
-            by = self._read_table_1d(self.rel_pos_bias_h, dy, b)  # B*G, h/G, H, Ns
-            bx = self._read_table_1d(self.rel_pos_bias_w, dx, b)  # B*G, h/G, W, Ns
-            bias = by[:, :, :, None, :] + bx[:, :, None, :, :]  # B*G, h/G, H, W, Ns
-            return bias.reshape(b, self.num_heads, -1, bias.shape[-1])
-        qyy = (qy[:, None] + torch.zeros_like(qx)[None, :]).flatten()  # N, row-major like the queries
-        qxx = (torch.zeros_like(qy)[:, None] + qx[None, :]).flatten()  # N
-        queries = torch.stack((qxx, qyy), dim=-1) * to_table  # N, 2 (x, y)
-        grid = pts[:, None] - queries[:, None]  # B*G, N, Ns, 2 (scaled first: one op on the big tensor)
-        table = self.rel_pos_bias_table.to(grid.dtype)  # heads, 2R+1, 2R+1; fp32 even after .half()
-        table = table.reshape(self.groups, -1, table.shape[-2], table.shape[-1]).repeat(b, 1, 1, 1)  # B*G, h/G, T, T
-        bias = F.grid_sample(table, grid, mode="bilinear", padding_mode="border", align_corners=True)  # B*G, h/G, N, Ns
-        return bias.reshape(b, self.num_heads, bias.shape[-2], bias.shape[-1])
-
-    def _read_table_1d(self, table: torch.Tensor, coords: torch.Tensor, b: int) -> torch.Tensor:
-        """Linear read of ``table`` (heads, T) at ``coords`` (B*G, L, Ns) in [-1, 1] table units -> (B*G, h/G, L, Ns)."""
-        table = table.to(coords.dtype).reshape(self.groups, -1, 1, table.shape[-1]).repeat(b, 1, 1, 1)  # B*G, h/G, 1, T
-        grid = torch.stack((coords, torch.zeros_like(coords)), dim=-1)  # B*G, L, Ns, 2 (x = table index, y = 0)
-        return F.grid_sample(table, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_export_opset(type(self).__name__)
@@ -299,12 +260,12 @@ class DAttention(nn.Module):
             align_corners=False,
         )  # B*G, C/G, Hk, Wk
         xs = xs.to(x.dtype).reshape(b, c, xs.shape[-2], xs.shape[-1])
-        k = self.proj_k(xs).reshape(b, self.num_heads, self.dim_head, -1).transpose(-1, -2)  # B, h, Ns, d
-        v = self.proj_v(xs).reshape(b, self.num_heads, self.dim_head, -1).transpose(-1, -2)  # B, h, Ns, d
-        q = q.reshape(b, self.num_heads, self.dim_head, -1).transpose(-1, -2)  # B, h, N, d
-        bias = self.position_bias(points, b, h, w)  # B, h, N, Ns (fp32) or None
-        out = attend(q, k, v, bias, fused=self.fused)  # B, h, N, d
-        return self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
+        k = rearrange(self.proj_k(xs), "b (h d) y x -> b h (y x) d", h=self.num_heads)  # B, h, Ns, d
+        v = rearrange(self.proj_v(xs), "b (h d) y x -> b h (y x) d", h=self.num_heads)
+        q = rearrange(q * self.dim_head**-0.5, "b (h d) y x -> b h (y x) d", h=self.num_heads)  # scaled first
+        bias = None if self.rel_pos is None else self.rel_pos(q, (h, w), points)
+        out = attend(q, k, v, bias, self.attn_impl)  # B, h, N, d
+        return self.proj_out(rearrange(out, "b h (y x) d -> b (h d) y x", y=h))
 
 
 class DWConvMlp(nn.Module):
@@ -348,11 +309,7 @@ class DATLayer(nn.Module):
         **attn_kwargs,
     ):
         super().__init__()
-        name = type(self).__name__
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
-            raise ValueError(f"{name}: mlp_ratio={mlp_ratio!r} must be a positive number (DAT++ uses 4)")
-        if isinstance(drop_path, bool) or not isinstance(drop_path, (int, float)) or not 0 <= drop_path < 1:
-            raise ValueError(f"{name}: drop_path={drop_path!r} must be in [0, 1)")
+        _check_layer(type(self).__name__, mlp_ratio, drop_path)
         self.lpu = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
         self.norm1 = LayerNorm2d(dim, eps=1e-5)
         self.attn = DAttention(dim, dim, level, **attn_kwargs)
@@ -370,8 +327,22 @@ class DATLayer(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def _check_n(block: str, n) -> int:
-    return _positive_int(block, "n", n, "the number of stacked DAT layers must be a positive int")
+def _check_layer(block: str, mlp_ratio: float, drop_path: float) -> None:
+    check_number(block, "mlp_ratio", mlp_ratio, 0.0, low_open=True, hint=" (DAT++ uses 4)")
+    check_number(block, "drop_path", drop_path, 0.0, 1.0)
+
+
+def _check_stack(block: str, c1: int, c2: int, n: int, level, mlp_ratio: float, drop_path: float) -> None:
+    """The checks DATBlock and DAT3 share, so that a bad YAML extra is reported with the row's own block name."""
+    check_channels(block, c1, c2)
+    check_int(block, "n", n, 1, " (stacked DAT layers)")
+    _parse_level(block, level)
+    _check_layer(block, mlp_ratio, drop_path)
+
+
+def _is_level(value) -> bool:
+    """A pyramid level as the DAT3 order of yolo_attn 0.1 put it (an int >= 2 or a 'P3' string), never a width ratio."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool) and value >= 2)
 
 
 @register_block(repeats=True, family="dat", role="insert", takes_level=True, bench_levels=(5, 4, 3))
@@ -415,8 +386,7 @@ class DATBlock(nn.Module):
         pos_bias: str = "table",
     ):
         super().__init__()
-        n = _check_n(type(self).__name__, n)
-        _positive_int(type(self).__name__, "c1", c1, "input channels must be a positive int")
+        _check_stack(type(self).__name__, c1, c2, n, level, mlp_ratio, drop_path)
         self.proj = Conv(c1, c2, 1) if c1 != c2 else nn.Identity()
         kw = dict(
             num_heads=num_heads, groups=groups, key_stride=key_stride, offset_kernel=offset_kernel, pos_bias=pos_bias
@@ -433,19 +403,25 @@ class DAT3(AttnCSP):
 
     ``cv3(cat(m(cv1(x)), cv2(x)))`` with 1x1 ``Conv`` layers and ``c_ = int(c2 * e)`` hidden channels.
 
+    YAML: ``[-1, n, DAT3, [c2, e, level, mlp_ratio, drop_path, num_heads, groups]]`` (extras optional), e.g.
+    ``[-1, 3, DAT3, [1024, 0.5, 5]]``: the width ratio first, as in BoT3 and CoAt3. Rows written for yolo_attn
+    0.1 put the level first (``[1024, 5]``, ``[256, 3, 0.5]``); a level where ``e`` belongs (an int >= 2 or
+    ``'P3'``; a width ratio is at most 1) is read in that old order, with a ``FutureWarning``, so old YAMLs and the
+    YAMLs stored in old checkpoints build the same model.
+
     Args:
         c1: Input channels.
         c2: Output channels.
         n: DAT++ layers on the hidden branch.
+        e: Hidden width ratio in (0, 1].
         level: Feature level (sets the key stride; default P5).
-        e: Hidden width ratio.
         mlp_ratio: MLP expansion.
         drop_path: Stochastic depth rate.
         num_heads: Heads of the hidden-width attention (default about ``c_ / 32``).
         groups: Offset groups.
 
     Examples:
-        >>> DAT3(256, 256, 1, 5)(torch.randn(1, 256, 20, 15)).shape
+        >>> DAT3(256, 256, 1, 0.5, 5)(torch.randn(1, 256, 20, 15)).shape
         torch.Size([1, 256, 20, 15])
     """
 
@@ -454,8 +430,8 @@ class DAT3(AttnCSP):
         c1: int,
         c2: int,
         n: int = 1,
-        level: int | str = 5,
         e: float = 0.5,
+        level: int | str = 5,
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
         num_heads: int | None = None,
@@ -463,12 +439,21 @@ class DAT3(AttnCSP):
     ):
         super().__init__()
         name = type(self).__name__
-        n = _check_n(name, n)
-        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e <= 1 or int(c2 * e) < 1:
-            raise ValueError(
-                f"{name}: e={e!r} must be a ratio in (0, 1] leaving at least one hidden channel of c2={c2}"
+        if _is_level(e):  # the order of yolo_attn 0.1: (c1, c2, n, level, e, ...)
+            if _is_level(level) and level != 5:
+                raise ValueError(
+                    f"{name}: e={e!r} and level={level!r} are both pyramid levels; the arguments are "
+                    "(c1, c2, n, e, level, ...) with e a width ratio in (0, 1], e.g. DAT3(c1, c2, n, 0.5, 3)"
+                )
+            warnings.warn(
+                f"{name}: e={e!r} is a pyramid level, read in the order of yolo_attn 0.1, (c2, level, e, ...); "
+                f"write the row as [c2, e, level, ...], e.g. [{c2}, {0.5 if _is_level(level) else level}, {e}]",
+                FutureWarning,
+                stacklevel=2,
             )
-        c_ = int(c2 * e)
+            e, level = (0.5 if _is_level(level) else level), e
+        _check_stack(name, c1, c2, n, level, mlp_ratio, drop_path)
+        c_ = hidden_width(name, c2, e, high=1.0)
         kw = dict(num_heads=num_heads, groups=groups)
         m = nn.Sequential(*(DATLayer(c_, level, mlp_ratio, drop_path, zero_init=False, **kw) for _ in range(n)))
         self._build(c1, c2, c_, m)
