@@ -574,9 +574,10 @@ def _nc(net: Any) -> int | None:
     return int(nc) if isinstance(nc, int) else None
 
 
-def _label(obj: Any, fallback: str, file_first: bool = True) -> str:
-    cands = [getattr(obj, "pt_path", None), (_yaml_of(obj) or {}).get("yaml_file")]
-    for cand in cands if file_first else cands[::-1]:
+def _label(obj: Any, fallback: str, weights: bool = True) -> str:
+    """The file a model came from: its checkpoint (``weights``), else the YAML it was built from."""
+    cands = [getattr(obj, "pt_path", None) if weights else None, (_yaml_of(obj) or {}).get("yaml_file")]
+    for cand in cands:
         if cand:
             return Path(str(cand)).name
     return fallback
@@ -637,7 +638,7 @@ def _measure(a: Alignment, src: Any, net: Any, csd: Mapping, source: str) -> Tra
         skipped=skipped,
         total=len(dst_sd),
         source=source,
-        target=_label(net, "", file_first=False),
+        target=_label(net, "", weights=False),
         index_map=dict(a.placed),
         kept_rows=dict(a.pairs),
         dropped_rows=list(a.dropped),
