@@ -40,6 +40,7 @@ Examples:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import re
@@ -116,16 +117,16 @@ def load_base(base: str | Path | dict) -> tuple[dict, str]:
         return d, (d.get("yolo_attn") or {}).get("base", label)
     p = Path(base)
     if p.is_file():
-        return yaml.safe_load(p.read_text()), str(base)
+        return _read_yaml(p), str(base)
     name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
     m = re.fullmatch(r"(yolo(?:e-)?v?\d+)([nslmx])(.*)(\.ya?ml)", name)
     candidates = [name] + ([m.group(1) + m.group(3) + m.group(4)] if m else [])
     roots = [cfg_models_root(), integration.cfg_dir()]
     for cand in candidates:
         for root in roots:
-            hits = sorted(root.rglob(cand)) if root.is_dir() else []
-            if hits:
-                d = yaml.safe_load(hits[0].read_text())
+            hit = _find(root, cand)
+            if hit is not None:
+                d = _read_yaml(hit)
                 if cand != name:  # "yolov8n.yaml" -> yolov8.yaml at scale n
                     d["scale"] = m.group(2)
                 return d, name
@@ -133,6 +134,32 @@ def load_base(base: str | Path | dict) -> tuple[dict, str]:
         f"base model YAML {str(base)!r} not found: not a file, and not a model YAML shipped with Ultralytics "
         f"({cfg_models_root()}) or yolo_attn. Use e.g. 'yolov8.yaml', 'yolo11.yaml' or a path."
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _index(root: Path, stamp: float) -> dict[str, Path]:
+    """File name -> path of the YAMLs under ``root`` (the first in sorted order). Keyed by the folder's modification
+    time, so a file written into it (``yolo-attn generate``) is seen; Ultralytics' own tree does not change."""
+    out: dict[str, Path] = {}
+    for q in sorted(root.rglob("*.yaml")) if root.is_dir() else []:
+        out.setdefault(q.name, q)
+    return out
+
+
+def _find(root: Path, name: str) -> Path | None:
+    hit = _index(root, root.stat().st_mtime if root.is_dir() else 0.0).get(name)
+    return hit if hit is not None and hit.is_file() else None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(path: Path, stamp: float) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _read_yaml(path: Path) -> dict:
+    """The YAML at ``path`` (parsed once per modification time; the caller gets its own copy)."""
+    path = Path(path).resolve()
+    return copy.deepcopy(_parsed(path, path.stat().st_mtime))
 
 
 def _rows(d: dict) -> list[list]:

@@ -588,7 +588,6 @@ def _measure(a: Alignment, src: Any, net: Any, csd: Mapping, source: str) -> Tra
     import torch
 
     dst_sd = net.state_dict()
-    back = {j: i for i, j in a.placed.items()}
     transferred, skipped, matched = [], {}, set()
     for k, v in csd.items():
         m = _KEY.match(k)
