@@ -10,6 +10,7 @@ built at its smallest scale and run at 256x256 and 192x320.
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,11 @@ def _smallest_scale(d: dict) -> str | None:
 
 def _build_and_run(path: Path, family: str, position: str, sizes) -> None:
     d = make_variant(str(path), family, position, validate=False)
+    if d["head"][-1][2] == "RTDETRDecoder" and importlib.util.find_spec("scipy") is None:
+        from helpers import ultralytics_at_least
+
+        if not ultralytics_at_least("8.4"):  # 8.3's RT-DETR decoder imports scipy on every forward
+            pytest.skip("Ultralytics 8.3's RTDETRDecoder needs scipy, which is not installed")
     dd = {**copy.deepcopy(d), "yaml_file": f"{path.stem}-{family}-{position}"}
     scale = _smallest_scale(d)
     if scale:
