@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """mAP right after transfer, before any training: every inserted (function-preserving) YOLOv8n variant vs yolov8n.
 
-For the baseline checkpoint and each generated variant cfg/yolov8-<family>-<position>.yaml with an *inserted*
-block (sppf_before, sppf_after, neck, head), the variant is built at scale n, loaded with
-``YOLO(variant).load(weights)`` (the index-map transfer) and validated on the dataset with the same settings as the
+For the baseline checkpoint, the hand-written cfg/yolov8-dat.yaml and each generated variant
+cfg/yolov8-<family>-<position>.yaml with an *inserted* block (sppf_before, sppf_after, neck, head), the variant is
+built at scale n, loaded with ``YOLO(variant).load(weights)`` (rows aligned with the checkpoint's, see
+yolo_attn.transfer; the variant's record is not needed) and validated on the dataset with the same settings as the
 baseline. Inserted blocks start as the identity, so mAP50-95 must equal the baseline's within ``--tol``
 (exit code 1 otherwise). Needs ../shared/data (weights and coco128); slow on CPU (about a minute per model).
 
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(SHARED / "coco128.yaml"))
     p.add_argument("--families", nargs="+", default=None, help="default: every family with generated cfg/ variants")
     p.add_argument("--positions", nargs="+", default=list(INSERTED))
+    p.add_argument("--no-headline", dest="headline", action="store_false", help="leave out cfg/yolov8-dat.yaml")
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cpu")
@@ -59,17 +61,17 @@ def main(argv=None) -> int:
     base = _val(YOLO(a.weights), a)
     rows.append({"model": Path(a.weights).name, **base, "delta": 0.0, "seconds": round(time.time() - t, 1)})
     print(f"baseline {Path(a.weights).name}: mAP50 {base['mAP50']:.4f} mAP50-95 {base['mAP50-95']:.4f}", flush=True)
+    sources = [ROOT / "cfg" / "yolov8-dat.yaml"] if a.headline else []
+    sources += [ROOT / "cfg" / f"yolov8-{fam}-{pos}.yaml" for fam in fams for pos in a.positions]
     with tempfile.TemporaryDirectory() as tmp:
-        for fam in fams:
-            for pos in a.positions:
-                src = ROOT / "cfg" / f"yolov8-{fam}-{pos}.yaml"
-                cfg = Path(tmp) / f"yolov8n-{fam}-{pos}.yaml"  # the 'n' in the name selects scale n
-                shutil.copy(src, cfg)
-                t = time.time()
-                r = _val(YOLO(str(cfg)).load(a.weights), a)
-                delta = r["mAP50-95"] - base["mAP50-95"]
-                rows.append({"model": src.name, **r, "delta": delta, "seconds": round(time.time() - t, 1)})
-                print(f"{src.name}: mAP50 {r['mAP50']:.4f} mAP50-95 {r['mAP50-95']:.4f} delta {delta:+.4f}", flush=True)
+        for src in sources:
+            cfg = Path(tmp) / src.name.replace("yolov8-", "yolov8n-", 1)  # the 'n' in the name selects scale n
+            shutil.copy(src, cfg)
+            t = time.time()
+            r = _val(YOLO(str(cfg)).load(a.weights), a)
+            delta = r["mAP50-95"] - base["mAP50-95"]
+            rows.append({"model": src.name, **r, "delta": delta, "seconds": round(time.time() - t, 1)})
+            print(f"{src.name}: mAP50 {r['mAP50']:.4f} mAP50-95 {r['mAP50-95']:.4f} delta {delta:+.4f}", flush=True)
     header = ["model", "mAP50", "mAP50-95", "delta mAP50-95", "val s"]
     cells = [
         [r["model"], f"{r['mAP50']:.4f}", f"{r['mAP50-95']:.4f}", f"{r['delta']:+.4f}", r["seconds"]] for r in rows

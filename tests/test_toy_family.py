@@ -50,9 +50,11 @@ def test_insert_puts_each_level_in_its_place(toy, tmp_path, capsys):
 
 def test_generate_writes_the_family(toy, tmp_path):
     assert main(["generate", "--out", str(tmp_path), "--families", "toy", "--no-validate"]) == 0
+    from yolo_attn.edit import available_bases, variant_name
+
     assert sorted(p.name for p in tmp_path.glob("*.yaml")) == sorted(
-        f"{b}-toy-{p}.yaml"
-        for b in ("yolov8", "yolov11")
+        f"{variant_name(b, 'toy', p)}.yaml"
+        for b in available_bases()  # yolov8, yolo11 and (Ultralytics 8.4) yolo26
         for p in ("backbone", "sppf_before", "sppf_after", "neck", "head")
     )
     assert main(["generate", "--out", str(tmp_path), "--no-validate"]) == 0  # default: every registered family

@@ -46,9 +46,11 @@ __all__ = [
     "guess_model_task",
     "load_checkpoint",
     "model_class",
+    "model_class_for",
     "smart_value",
     "unwrap",
     "version",
+    "warn",
     "yaml_model_load",
 ]
 
@@ -75,6 +77,19 @@ TASK_MODELS = {
     "pose": "PoseModel",
     "obb": "OBBModel",
     "classify": "ClassificationModel",
+}
+
+#: Tasks whose model class only newer Ultralytics has (8.4: semantic segmentation, depth).
+NEWER_TASK_MODELS = {"semantic": "SemanticSegmentationModel", "depth": "DepthModel"}
+
+#: Output heads that need their own model class rather than their task's (open-vocabulary heads read text embeddings,
+#: RT-DETR's decoder has its own loss and forward).
+HEAD_MODELS = {
+    "WorldDetect": "WorldModel",
+    "YOLOEDetect": "YOLOEModel",
+    "YOLOESegment": "YOLOESegModel",
+    "YOLOESegment26": "YOLOESegModel",
+    "RTDETRDecoder": "RTDETRDetectionModel",
 }
 
 # The checkpoint loader was renamed: 8.4 has ``load_checkpoint``, 8.3 ``attempt_load_one_weight``.
@@ -116,11 +131,40 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def warn(msg: str) -> None:
+    """Log ``msg`` as a warning through Ultralytics' logger, with its ``WARNING ⚠️`` prefix exactly once.
+
+    8.4 adds the prefix in its log formatter; 8.3 writes it into each message.
+    """
+    logger = __getattr__("LOGGER")
+    prefixed = any(type(h.formatter).__name__ == "PrefixFormatter" for h in logger.handlers)
+    logger.warning(msg if prefixed else f"WARNING ⚠️ {msg}")
+
+
 def model_class(task: str = "detect") -> type:
     """The Ultralytics model class for ``task`` (``"detect"`` -> ``DetectionModel``...)."""
-    if task not in TASK_MODELS:
-        raise ValueError(f"task must be one of {', '.join(TASK_MODELS)}, got {task!r}")
-    return _resolve(f"ultralytics.nn.tasks:{TASK_MODELS[task]}")
+    known = {**TASK_MODELS, **NEWER_TASK_MODELS}
+    if task not in known:
+        raise ValueError(f"task must be one of {', '.join(known)}, got {task!r}")
+    return _resolve(f"ultralytics.nn.tasks:{known[task]}")
+
+
+def model_class_for(d: dict) -> type:
+    """The Ultralytics model class that builds model dict ``d``: its head's own class, else its task's.
+
+    Examples:
+        >>> from yolo_attn.edit import load_base
+        >>> [model_class_for(load_base(m)[0]).__name__ for m in ("yolov8-world.yaml", "yolov8-pose.yaml")]
+        ['WorldModel', 'PoseModel']
+    """
+    rows = list(d.get("backbone") or []) + list(d.get("head") or [])
+    head = rows[-1][2] if rows and len(rows[-1]) > 2 else None
+    if head in HEAD_MODELS:
+        return _resolve(f"ultralytics.nn.tasks:{HEAD_MODELS[head]}")
+    task = __getattr__("guess_model_task")(d)
+    if task is None:
+        raise ValueError(f"cannot tell the task of a model whose output head is {head!r}")
+    return model_class(task)
 
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:

@@ -1,9 +1,10 @@
 """Insert a registered attention block into an Ultralytics model YAML at a named position.
 
 Ultralytics wires layers by row index (``from``) and matches pretrained weights by ``model.<index>.*``, so adding a
-row by hand means renumbering every later reference and loses every checkpoint tensor after the insertion
-(ultralytics #16369, #1406, #17870). :func:`make_variant` does the renumbering and records the map it used under a
-``yolo_attn:`` key of the variant, which :mod:`yolo_attn.transfer` reads to carry baseline weights over.
+row by hand means renumbering every later reference (ultralytics #16369, #1406, #17870). :func:`make_variant` does the
+renumbering and records the map it used under a ``yolo_attn:`` key of the variant. Baseline weights reach the variant
+without that record too: :mod:`yolo_attn.transfer` aligns a checkpoint's rows with the model's (the record is one more
+piece of evidence), so hand-written YAMLs load pretrained weights the same way.
 
 Positions (the placements described by BoTNet, the DAT post and the YOLO attention write-ups):
 
@@ -17,6 +18,12 @@ Positions (the placements described by BoTNet, the DAT post and the YOLO attenti
 
 Inserted blocks use the ``insert`` role (residual, zero-initialised branch: identity at init), so a variant with
 transferred weights computes the baseline's detections before training. Replacement does not preserve function.
+
+Bases: any Ultralytics model YAML (YOLOv3-v10, YOLO11, YOLO12, YOLO26, their seg / pose / obb / cls / semantic / depth
+variants, RT-DETR, YOLO-World, YOLOE) or your own. A position the base does not have (no SPPF in YOLO12, no CSP block
+in RT-DETR's HGNet backbone, no multi-input head in a classifier) raises :class:`EditError` listing the ones it has
+(:func:`available_positions`). Variants are validated with the base's own model class (``WorldModel``, ``YOLOEModel``,
+``RTDETRDetectionModel``... see :func:`yolo_attn._compat.model_class_for`).
 
 Which blocks exist is the registry's business (:func:`yolo_attn.registry.families`): a family registered by a plugin
 is inserted, generated and named exactly like the package's own.
@@ -33,6 +40,7 @@ Examples:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import re
@@ -60,18 +68,26 @@ __all__ = [
     "resolve_block",
     "load_base",
     "generate",
+    "available_bases",
     "check_generated",
+    "attention_rows",
+    "ATTENTION_MODULES",
 ]
 
 POSITIONS = ("backbone", "sppf_before", "sppf_after", "neck", "head")
-BASES = ("yolov8.yaml", "yolo11.yaml")  # the bases `yolo-attn generate` writes variants of
+#: The bases `yolo-attn generate` writes variants of (those the installed Ultralytics ships: 8.3 has no yolo26.yaml).
+BASES = ("yolov8.yaml", "yolo11.yaml", "yolo26.yaml")
 
-# Row modules treated as "CSP blocks" (the backbone position replaces the last one of these in the backbone).
-CSP_MODULES = frozenset({"C1", "C2", "C2f", "C3", "C3x", "C3Ghost", "C3k2", "C2fCIB", "C3TR", "A2C2f"})
+# Row modules treated as "CSP blocks" (the backbone position replaces the last one of these in the backbone); GELAN's
+# RepNCSPELAN4 / ELAN1 (YOLOv9) are CSP blocks too.
+CSP_MODULES = frozenset(
+    {"C1", "C2", "C2f", "C3", "C3x", "C3Ghost", "C3k2", "C2fCIB", "C3TR", "A2C2f", "RepNCSPELAN4", "ELAN1"}
+)
 SPPF_MODULES = frozenset({"SPPF", "SPP", "SPPELAN"})
-# Modules whose third argument is a stride (for the level labels of `neck_pN`).
-_STRIDED = frozenset({"Conv", "DWConv", "GhostConv", "RepConv", "LightConv", "SCDown", "Conv2", "ConvTranspose"})
-_HALVING = frozenset({"ADown", "AConv"})
+# How a row changes the stride, from its YAML arguments (for the levels of `neck_pN` and of blocks taking a level).
+_STRIDED = frozenset({"Conv", "DWConv", "GhostConv", "RepConv", "LightConv", "SCDown", "Conv2"})  # stride: args[2]
+_HALVING = frozenset({"ADown", "AConv", "Focus"})
+_UPSAMPLING = {"ConvTranspose": 2, "nn.ConvTranspose2d": 1, "DWConvTranspose2d": 1}  # stride: args[2], else this
 _NO_C2 = frozenset({"Concat", "nn.Upsample", "Index", "TorchVision"})  # first argument is not an output width
 
 
@@ -101,16 +117,16 @@ def load_base(base: str | Path | dict) -> tuple[dict, str]:
         return d, (d.get("yolo_attn") or {}).get("base", label)
     p = Path(base)
     if p.is_file():
-        return yaml.safe_load(p.read_text()), str(base)
+        return _read_yaml(p), str(base)
     name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
     m = re.fullmatch(r"(yolo(?:e-)?v?\d+)([nslmx])(.*)(\.ya?ml)", name)
     candidates = [name] + ([m.group(1) + m.group(3) + m.group(4)] if m else [])
     roots = [cfg_models_root(), integration.cfg_dir()]
     for cand in candidates:
         for root in roots:
-            hits = sorted(root.rglob(cand)) if root.is_dir() else []
-            if hits:
-                d = yaml.safe_load(hits[0].read_text())
+            hit = _find(root, cand)
+            if hit is not None:
+                d = _read_yaml(hit)
                 if cand != name:  # "yolov8n.yaml" -> yolov8.yaml at scale n
                     d["scale"] = m.group(2)
                 return d, name
@@ -118,6 +134,32 @@ def load_base(base: str | Path | dict) -> tuple[dict, str]:
         f"base model YAML {str(base)!r} not found: not a file, and not a model YAML shipped with Ultralytics "
         f"({cfg_models_root()}) or yolo_attn. Use e.g. 'yolov8.yaml', 'yolo11.yaml' or a path."
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _index(root: Path, stamp: float) -> dict[str, Path]:
+    """File name -> path of the YAMLs under ``root`` (the first in sorted order). Keyed by the folder's modification
+    time, so a file written into it (``yolo-attn generate``) is seen; Ultralytics' own tree does not change."""
+    out: dict[str, Path] = {}
+    for q in sorted(root.rglob("*.yaml")) if root.is_dir() else []:
+        out.setdefault(q.name, q)
+    return out
+
+
+def _find(root: Path, name: str) -> Path | None:
+    hit = _index(root, root.stat().st_mtime if root.is_dir() else 0.0).get(name)
+    return hit if hit is not None and hit.is_file() else None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(path: Path, stamp: float) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _read_yaml(path: Path) -> dict:
+    """The YAML at ``path`` (parsed once per modification time; the caller gets its own copy)."""
+    path = Path(path).resolve()
+    return copy.deepcopy(_parsed(path, path.stat().st_mtime))
 
 
 def _rows(d: dict) -> list[list]:
@@ -157,12 +199,23 @@ def _levels(rows: list[list]) -> list[float]:
     """Stride of every row's output relative to the input, from the YAML alone."""
     s: list[float] = []
     for i, (f, _, m, args) in enumerate(rows):
-        src = _abs(i, _froms(f)[0])
+        fs = _froms(f)
+        src = _abs(i, fs[-1] if m == "CBFuse" else fs[0])  # CBFuse resizes to its last input
         st = 1.0 if src is None else s[src]
         if m in _STRIDED and len(args) > 2 and isinstance(args[2], int):
             st *= args[2]
         elif m in _HALVING:
             st *= 2
+        elif m == "HGStem":  # RT-DETR's HGNetv2 stem: two stride-2 convolutions
+            st *= 4
+        elif m == "ResNetLayer" and len(args) > 3:  # [c1, c2, s, is_first, n]: the first one adds a stride-2 pool
+            st *= (args[2] if isinstance(args[2], int) else 1) * (2 if args[3] else 1)
+        elif m in ("nn.MaxPool2d", "nn.AvgPool2d") and args:
+            stride = args[1] if len(args) > 1 and args[1] is not None else args[0]
+            st *= stride if isinstance(stride, int) else 1
+        elif m in _UPSAMPLING:
+            stride = args[2] if len(args) > 2 else _UPSAMPLING[m]
+            st /= stride if isinstance(stride, int) and stride > 0 else 1
         elif m == "nn.Upsample" and len(args) > 1 and isinstance(args[1], (int, float)):
             st /= args[1]
         s.append(st)
@@ -293,7 +346,8 @@ def _plan(d: dict, rows: list[list], spec: registry.BlockSpec, position: str, ar
     valid = available_positions(d)
 
     def missing(what: str) -> EditError:
-        return EditError(f"position {position!r} needs {what}, which {label} does not have; valid: {', '.join(valid)}")
+        choices = ", ".join(valid) or "none (it has no CSP block, SPPF layer or multi-input head)"
+        return EditError(f"position {position!r} needs {what}, which {label} does not have; valid: {choices}")
 
     strides = _levels(rows)
 
@@ -460,25 +514,29 @@ def _validate(d: dict, want: int) -> None:
     """Build the variant; its layer count must be the base's plus the inserted rows."""
     import torch
 
-    from yolo_attn._compat import guess_model_task, model_class
+    from yolo_attn._compat import model_class_for
 
     integration.register()
     dd = copy.deepcopy(d)
     dd.setdefault("scale", next(iter(dd.get("scales") or {"n": 0})))
     dd.setdefault("yaml_file", f"<yolo_attn variant of {d['yolo_attn']['base']}>")
     with torch.no_grad():
-        model = model_class(guess_model_task(d))(dd, ch=dd.get("ch", 3), verbose=False)
+        model = model_class_for(d)(dd, ch=dd.get("ch", 3), verbose=False)
     if len(model.model) != want:
         raise EditError(f"variant built with {len(model.model)} layers, expected {want}")
 
 
 # --------------------------------------------------------------------------------------------------- files
 def variant_name(base: str | Path | dict, family: str, position: str) -> str:
-    """File stem of a variant, e.g. ``yolov8-dat-sppf_before`` (YOLO11 bases give ``yolov11-...``)."""
+    """File stem of a variant: the base's stem, the family, the position (``yolo26-dat-sppf_before``).
+
+    A scale letter in the base name stays where Ultralytics reads it (``yolo26n.yaml`` -> ``yolo26n-dat-...``). YOLO11
+    variants keep the name this package gave them first, ``yolov11-...``; every other base keeps Ultralytics' spelling.
+    """
     if isinstance(base, dict):
         base = base.get("yaml_file") or "model"
     stem = Path(str(base)).stem
-    stem = re.sub(r"^yolo(\d)", r"yolov\1", stem)
+    stem = re.sub(r"^yolo11(?=[nslmx]?(-|$))", "yolov11", stem)
     return f"{stem}-{family.lower()}-{position}"
 
 
@@ -530,8 +588,8 @@ def dump_variant(d: dict) -> str:
             f"# Ultralytics {rec.get('base')} with {rec.get('block')} at position '{rec.get('position')}'.",
             "# Generated by yolo_attn.edit (`yolo-attn generate` / scripts/generate_cfgs.py): edit the generator, not "
             "this file.",
-            "# The yolo_attn record maps base row indices to these rows, so baseline weights (yolov8n.pt) load with",
-            "# model.load() or pretrained=: see yolo_attn.transfer.",
+            "# Checkpoints of the base load with model.load() or pretrained=: yolo_attn.transfer aligns their rows with",
+            "# these rows; the yolo_attn record at the end (base row -> row) is one more piece of evidence.",
             "",
         ]
     special = ("backbone", "head", "yolo_attn", "yaml_file")
@@ -578,15 +636,47 @@ def generate(
 ) -> list[Path]:
     """Write every (base, block, position) variant to ``out_dir`` as ``<variant_name>.yaml``; returns the paths.
 
-    ``blocks`` are families or block names (default: every registered family).
+    ``blocks`` are families or block names (default: every registered family). Bases the installed Ultralytics does
+    not ship (``yolo26.yaml`` before 8.4) are left out.
     """
     paths = []
-    for base in bases:
+    for base in available_bases(bases):
         for block in list(families()) if blocks is None else blocks:
             for pos in positions:
                 d = make_variant(base, block, pos, validate=validate)
                 paths.append(save_variant(d, Path(out_dir) / f"{variant_name(base, block, pos)}.yaml"))
     return paths
+
+
+#: Ultralytics modules with attention inside (YOLO11 / YOLO26's C2PSA, YOLOv10's PSA, YOLO12's area attention,
+#: RT-DETR's AIFI, YOLO-World's text attention...): a base holding one is not an attention-free baseline.
+ATTENTION_MODULES = frozenset(
+    {"C2PSA", "C2fPSA", "PSA", "A2C2f", "C3TR", "TransformerBlock", "AIFI", "C2fAttn", "ImagePoolingAttn"}
+)
+
+
+def attention_rows(model: str | Path | dict) -> list[tuple[int, str]]:
+    """``(row, module)`` of every row of ``model`` with attention inside (Ultralytics' own or a registered block).
+
+    Examples:
+        >>> attention_rows("yolo11n.yaml"), attention_rows("yolov8n.yaml")
+        ([(10, 'C2PSA')], [])
+    """
+    d, _ = load_base(model)
+    ours = set(registry.block_names())
+    return [(i, r[2]) for i, r in enumerate(_rows(d)) if r[2] in ATTENTION_MODULES or r[2] in ours]
+
+
+def available_bases(bases: Iterable[str] = BASES) -> list[str]:
+    """The ``bases`` that can be loaded here (Ultralytics names the installed version ships, or existing files)."""
+    out = []
+    for b in bases:
+        try:
+            load_base(b)
+        except EditError:
+            continue
+        out.append(b)
+    return out
 
 
 def check_generated(cfg: str | Path, validate: bool = False, blocks: Iterable[str] | None = None) -> list[str]:

@@ -17,7 +17,7 @@ What it does to ``ultralytics.nn.tasks`` (all reversible by :func:`unregister`, 
    row whose input does not fit its block is named instead of failing deep inside a convolution. It also puts
    ``Conv.default_act`` back afterwards: before 8.4 a YAML's ``activation:`` (e.g. YOLOv6's ReLU) leaked into every
    model built later in the process; newer Ultralytics restores it itself.
-4. Wraps ``BaseModel.load`` so baseline checkpoints load into variants through the recorded index map
+4. Wraps ``BaseModel.load`` so checkpoints load into any model YAML through a row alignment
    (:mod:`yolo_attn.transfer`), wherever users pass weights (``.load()``, ``pretrained=``).
 5. Wraps ``check_yaml`` so ``YOLO("yolov8n-bot.yaml")`` finds the copy packaged with yolo_attn from any directory.
 6. Adds our classes (and the timm layers they hold) to ``torch.serialization``'s safe globals, so checkpoints load
@@ -529,9 +529,9 @@ def registered() -> Iterator[None]:
 # --- weight transfer: BaseModel.load re-indexes its input first --------------------------------------------------
 # Every way users pass pretrained weights ends in ``BaseModel.load(weights)``: ``YOLO(variant).load("yolov8n.pt")``,
 # ``yolo train model=<variant>.yaml pretrained=yolov8n.pt`` and ``model.train(pretrained=...)`` (8.3.65 and 8.4
-# alike). When the model being loaded into carries a ``yolo_attn`` record (or the checkpoint does), the weights first
-# pass through :func:`yolo_attn.transfer.reindex_weights`; Ultralytics' own name-and-shape match then runs as usual.
-# Models without a record are untouched.
+# alike). The load goes through :func:`yolo_attn.transfer.load_aligned`: the checkpoint's rows are aligned with the
+# model's (no record needed), Ultralytics' own name-and-shape match runs on the re-indexed checkpoint as usual, and one
+# line says what arrived.
 _TRANSFER = {"active": False}
 
 
@@ -550,10 +550,10 @@ def install_transfer_hook() -> None:
     @functools.wraps(current)
     def load(self, weights, *args, **kwargs):
         if _TRANSFER["active"]:
-            from yolo_attn.transfer import reindex_weights
+            from yolo_attn.transfer import load_aligned
 
             verbose = kwargs.get("verbose", args[0] if args else True)
-            weights = reindex_weights(weights, self, verbose=verbose)
+            return load_aligned(self, weights, lambda w: current(self, w, *args, **kwargs), verbose=verbose)
         return current(self, weights, *args, **kwargs)
 
     load._yolo_attn_orig = current

@@ -1,7 +1,8 @@
 """Report of an ablation: Markdown and CSV tables and PNG plots, read from the results store only.
 
 Input: a results store (:class:`yolo_attn.store.ResultStore`, ``<out>/results.jsonl``); nothing else is read (no
-Ultralytics run folder, no model). Outputs (default ``<out>/report/``):
+Ultralytics run folder, no model), except each baseline's model YAML, when it can still be found, to say whether the
+baseline already contains attention (YOLO11 / YOLO26 have C2PSA). Outputs (default ``<out>/report/``):
 
 - ``report.md``: settings and environment, a table per configuration (mean and spread over seeds, change of
   mAP50-95 against the baseline of the same seed), a table per run, failed runs with their error, the plots.
@@ -471,6 +472,32 @@ def plot_cost(summary: Sequence[Mapping], path: Path, title: str = "") -> Path |
 
 
 # --------------------------------------------------------------------------------------------------- report
+def _attention_in_baselines(records: Sequence[Mapping]) -> list[str]:
+    """One line per baseline whose model already has attention inside (YOLO11 / YOLO26's C2PSA...).
+
+    The store names each baseline's model YAML; a YAML that cannot be found any more is left out.
+    """
+    from yolo_attn.edit import attention_rows
+
+    lines, seen = [], set()
+    for r in records:
+        model = r.get("model_yaml") or r.get("model")
+        if not r.get("baseline") or not model or model in seen:
+            continue
+        seen.add(model)
+        try:
+            rows = attention_rows(str(model))
+        except Exception:  # moved or deleted since the run; the rest of the report does not need it
+            continue
+        if rows:
+            where = ", ".join(f"{m} (row {i})" for i, m in rows)
+            lines.append(
+                f'- baseline `{_stem(r)}` already contains attention: {where}. Here "baseline" means the base model '
+                "without yolo_attn blocks, not a model without attention."
+            )
+    return lines
+
+
 def _settings_lines(records: Sequence[Mapping]) -> list[str]:
     done = [r for r in records if r.get("status") == "done"] or list(records)
     first = done[0] if done else {}
@@ -482,6 +509,7 @@ def _settings_lines(records: Sequence[Mapping]) -> list[str]:
     pre = {r.get("pretrained") for r in records}
     lines.append(f"- pretrained: {', '.join(str(p) if p else 'none (random init)' for p in pre)}")
     lines.append(f"- seeds: {sorted({r.get('seed') for r in records})}")
+    lines += _attention_in_baselines(records)
     if first.get("gflops_imgsz"):
         lines.append(
             f"- GFLOPs: counted at {first['gflops_imgsz']}x{first['gflops_imgsz']}, batch 1, by one forward pass under "
