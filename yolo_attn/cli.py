@@ -279,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         type=int,
         default=None,
-        help="seeds of the continued runs (default: 0 1 2; 3+ for verdicts)",
+        help="seeds of the continued runs (default: 0 1 2 3; 3+ for verdicts)",
     )
     d.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates of the report's intervals")
     d.set_defaults(func=_cmd_demo)

@@ -257,14 +257,16 @@ def _keep_matches(run: Run, rec: RunRecord, capture: Any, trainer: Any, out: Pat
     """Store the final validation's per-image matches as the run's ``matches`` artifact and describe them.
 
     They come from the validation that produced the recorded mAP (Ultralytics' final validation of ``best.pt``), so
-    the two agree; a DDP run, whose training subprocesses the capture does not reach, validates ``best.pt`` again.
+    the two agree. A DDP run, whose training subprocesses the capture does not reach, validates ``best.pt`` again (at
+    the training batch size, on the first device); the record's mAP, precision and recall then come from that
+    validation too, and the trainer's figures are kept in ``rec.validation`` (``trainer_map50``...).
     """
     import tempfile
 
     from yolo_attn._compat import YOLO, ValidationCapture
     from yolo_attn.stats import map_scores
 
-    source = "final validation"
+    source, trained = "final validation", {}
     matches = capture.matches()
     if matches is None:
         best = Path(getattr(trainer, "best", "") or "")
@@ -274,7 +276,7 @@ def _keep_matches(run: Run, rec: RunRecord, capture: Any, trainer: Any, out: Pat
         model = YOLO(str(best))
         model.add_callback("on_val_start", again.on_val_start)
         args = getattr(trainer, "args", None)
-        model.val(
+        vm = model.val(
             data=run.data,
             imgsz=rec.imgsz,
             batch=getattr(args, "batch", 16),
@@ -289,6 +291,10 @@ def _keep_matches(run: Run, rec: RunRecord, capture: Any, trainer: Any, out: Pat
         matches, source = again.matches(), "validated again"
         if matches is None:
             raise RuntimeError("validating best.pt again captured no detection validation")
+        # the record's figures come from the validation the matches come from; the trainer's are kept beside
+        trained = {f"trainer_{k}": getattr(rec, k) for k in ("map50", "map50_95", "precision", "recall")}
+        for k, v in _metrics(vm, None).items():
+            setattr(rec, k, v)
     scores = map_scores(matches)
     with tempfile.TemporaryDirectory() as tmp:
         rec.artifacts.update(ResultStore(out).put_artifacts(run.key, {"matches.npz": matches.save(Path(tmp) / "m")}))
@@ -300,6 +306,7 @@ def _keep_matches(run: Run, rec: RunRecord, capture: Any, trainer: Any, out: Pat
         "ap_tail": matches.ap_tail,
         "map50": scores.map50,
         "map50_95": scores.map50_95,
+        **trained,
     }
     for k in ("map50", "map50_95"):
         got, want = rec.validation[k], getattr(rec, k)

@@ -4,7 +4,11 @@ Store (``<folder>/results.jsonl``): one JSON line per finished run. Lines are ap
 with a single ``write`` + ``fsync``; a line torn by a crash mid-write is ignored on reading and fenced off by a newline
 before the next append. The latest line of a key wins; :meth:`ResultStore.compact` rewrites the file atomically with
 one line per key. Runs may leave files next to their record in ``<folder>/artifacts/<key>/``
-(:meth:`ResultStore.artifacts_dir`), listed in :attr:`RunRecord.artifacts`.
+(:meth:`ResultStore.artifacts_dir`), listed in :attr:`RunRecord.artifacts` (``matches``: the per-image matches of the
+run's final validation, :class:`yolo_attn.stats.Matches`). :meth:`ResultStore.put_artifacts` is the one writer (each
+file atomically, before the record is appended: a crash in between leaves files without a record, and the run is
+redone); :func:`artifact_bytes` reads a record's files back as bytes, for an executor that ships them from a worker
+machine to its driver.
 
 Reading is tolerant: lines written by earlier versions (flat ``latency_ms_b8`` keys, no ``schema``) load into the same
 :class:`RunRecord`, and keys this version does not know are kept in :attr:`RunRecord.extra` and written back.
