@@ -9,6 +9,7 @@ Examples:
         --seeds 0 1 --out out/ablate epochs=5 imgsz=128 batch=8 workers=0 --report
     python scripts/ablate.py --data ../shared/data/coco128.yaml --pretrained ../shared/data/weights/yolov8n.pt \\
         --out out/coco128 epochs=3 imgsz=320 --devices 0 1
+    python scripts/ablate.py --data a.yaml b.yaml --blocks dat --seeds 0 1 2 --out out/two epochs=5   # per dataset
 """
 
 import sys

@@ -82,6 +82,19 @@ def test_driver_appends_what_any_executor_yields(tmp_path, said):
         run_sweep(plan, tmp_path, executor=executor, settings={"bench_batchs": 2})
 
 
+def test_eta_scales_by_epochs():
+    """Each pending run: the fixed time of the finished runs (outside training) plus their training seconds per
+    epoch times its epochs; spread over the slots. Records of earlier sweeps count until one of this sweep ends."""
+    plan = [Run("yolov8n.yaml", "a.yaml", seed=s, train={"epochs": e}) for s, e in ((0, 30), (1, 10), (2, 10))]
+    prior = [RunRecord(plan[0].key, status="done", wall_s=70.0, train_s=60.0, epochs=30)]  # 10 s fixed + 2 s/epoch
+    prog = executors._Progress(plan, 2, prior)
+    prog.expect(plan[1:])
+    assert prog.eta() == "0m30s"  # 2 x (10 + 2 x 10) / 2 slots
+    prog.finished(RunRecord(plan[1].key, status="done", wall_s=50.0, train_s=40.0, epochs=10))  # now 10 + 4 s/epoch
+    assert prog.left == 1 and prog.eta() == "0m25s"
+    assert executors._Progress(plan, 1, []).eta() == "0m00s"  # nothing pending
+
+
 # --------------------------------------------------------------------------------------------------- runs
 def test_failed_run_is_recorded_and_sweep_continues(tmp_path, shapes_data):
     out = tmp_path / "sweep"
@@ -104,18 +117,23 @@ def test_failed_run_is_recorded_and_sweep_continues(tmp_path, shapes_data):
 
 
 def test_kill_mid_sweep_then_resume(tmp_path, shapes_data):
-    """SIGKILL the runner while run 2 of 2 trains; the same command then finishes without repeating run 1."""
+    """Two datasets (``--data a b``), one model: SIGKILL the runner while run 2 of 2 (the second dataset) trains; the
+    same command then finishes without repeating run 1, and the report has a section per dataset."""
+    from yolo_attn.data import make_shapes_dataset
+    from yolo_attn.report import write_report
+
     out = tmp_path / "sweep"
-    models = ["yolov8n.yaml", _variant(tmp_path, 1.0, "yolov8n-a.yaml")]
+    other = str(make_shapes_dataset(tmp_path / "other" / "shapes", n_train=4, n_val=4, imgsz=64, seed=1))
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / "ablate.py"),
         "--data",
         shapes_data,
+        other,
         "--out",
         str(out),
         "--models",
-        *models,
+        "yolov8n.yaml",
         *CLI_FAST,
         *(f"{k}={v}" for k, v in TRAIN.items()),
     ]
@@ -147,6 +165,10 @@ def test_kill_mid_sweep_then_resume(tmp_path, shapes_data):
     assert final[0] == first[0]  # run 1 was not repeated
     assert all(x["status"] == "done" for x in final)
     assert final[1]["pid"] != first[0]["pid"]  # the interrupted run 2 was redone by the second call
+    assert [x["data"] for x in final] == [shapes_data, other] and all(x["artifacts"]["matches"] for x in final)
+    md = write_report(out, resamples=50)["markdown"].read_text()
+    sections = [f"## {Path(d).parent.name}/shapes.yaml" for d in (shapes_data, other)]  # shortest distinct names
+    assert all(s in md for s in sections) and sections[0] != sections[1]
 
 
 # --------------------------------------------------------------------------------------------------- worker processes
@@ -160,6 +182,7 @@ def test_worker_processes_return_records_to_the_driver(tmp_path):
     assert ["'missing-a.yaml' does not exist" in recs[0].error, "'missing-b.yaml'" in recs[1].error] == [True, True]
     assert len({r.pid for r in recs}) == 2 and os.getpid() not in {r.pid for r in recs}
     assert sorted(p.suffix for p in (out / "logs").iterdir()) == [".log", ".log"]  # record files were taken back
+    assert all((out / r.log).is_file() and r.log.startswith("logs/") for r in recs)
 
 
 def test_worker_that_dies_without_a_record_is_recorded(tmp_path, monkeypatch):

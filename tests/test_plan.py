@@ -1,5 +1,6 @@
 """Plans and run keys: stable hashes of what changes the trained model, typed overrides, the ``ablate`` plan CLI."""
 
+import shutil
 from pathlib import Path
 
 import contract_blocks  # noqa: F401  (registers ContractScale for this process)
@@ -95,3 +96,39 @@ def test_ablate_cli_plan(shapes_data, capsys):
     assert [ln.split()[1] for ln in lines] == [r.key for r in plan]
     assert main(["ablate", "--data", shapes_data, "epoch=2", "--plan-only"]) == 2
     assert "did you mean epochs" in capsys.readouterr().err
+
+
+def test_runs_started_from_another_run_are_keyed_by_it(tmp_path, shapes_data):
+    """A run continued from weights another run of the store trained: the key names that run and the file's content,
+    not its path. Moving the store keeps the key (a resumed sweep finds its runs); new weights (the run was trained
+    again) change it (everything continued from it is redone)."""
+    weights = tmp_path / "a" / "best.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"trained once")
+    run = Run("yolov8n.yaml", shapes_data, "dat", "sppf_before", pretrained=str(weights), pretrained_run="abc")
+    moved = tmp_path / "b" / "best.pt"
+    moved.parent.mkdir()
+    shutil.copy(weights, moved)
+    assert Run.from_dict({**run.to_dict(), "pretrained": str(moved)}).key == run.key
+    assert Run.from_dict({**run.to_dict(), "pretrained_run": "xyz"}).key != run.key
+    plain = Run("yolov8n.yaml", shapes_data, "dat", "sppf_before", pretrained=str(weights))
+    assert plain.key != run.key and plain.definition()["pretrained"] == str(weights)  # no run: the path, as before
+    key = run.key
+    weights.write_bytes(b"trained again")
+    assert run.key != key
+    with pytest.raises(ValueError, match="needs the weights file"):
+        Run("yolov8n.yaml", shapes_data, pretrained_run="abc")
+
+
+def test_plan_over_several_datasets(tmp_path, shapes_data):
+    """--data a b: the whole plan once per dataset, each dataset's runs keyed as in a one-dataset plan."""
+    from yolo_attn.data import make_shapes_dataset
+
+    other = str(make_shapes_dataset(tmp_path / "other", n_train=2, n_val=2, imgsz=32, seed=1))
+    one = make_plan(shapes_data, blocks=["dat"], seeds=[0, 1], train=TRAIN)
+    two = make_plan([shapes_data, other], blocks=["dat"], seeds=[0, 1], train=TRAIN)
+    assert [r.key for r in two[: len(one)]] == [r.key for r in one]
+    assert [r.data for r in two] == [shapes_data] * 4 + [str(Path(other).resolve())] * 4
+    assert len({r.key for r in two}) == 8
+    with pytest.raises(ValueError, match="at least one dataset"):
+        make_plan([], blocks=["dat"])

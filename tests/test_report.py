@@ -2,11 +2,12 @@
 
 import csv
 import json
+import re
 
 import pytest
 
 from yolo_attn.cli import main
-from yolo_attn.report import pareto_front, summarize, write_report
+from yolo_attn.report import load_records, pareto_front, summarize, write_report
 from yolo_attn.store import STORE_NAME, ResultStore
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -113,3 +114,126 @@ def test_report_cli_and_missing_store(store, tmp_path, capsys):
     assert (tmp_path / "rep" / "report.md").is_file()
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "no results store" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------- intervals
+def _matches_store(folder, seeds=(0, 1, 2), skills=None, data="/d/shapes.yaml", n_images=150, shuffle_ids=False):
+    """A store whose runs carry per-image files: simulated validations of one image set (yolo_attn.stats), the
+    baseline and each variant with its own noise per seed; each record's mAP is its file's."""
+    import numpy as np
+
+    from yolo_attn.stats import Matches, map_scores, synthetic_validation
+
+    skills = skills or {"bot": 0.0, "dat": 1.5}
+    S = len(seeds)
+    ms = synthetic_validation(n_images, 4, skills=[0.0] * S + [s for s in skills.values() for _ in seeds], seed=3,
+                              false_positives_per_image=10, iou_thresholds=np.linspace(0.5, 0.95, 10))  # fmt: skip
+    ids = tuple(f"images/val/{i:04d}.png" for i in range(n_images))
+    st = ResultStore(folder)
+    for j, fam in enumerate(["baseline", *skills]):
+        for k, seed in enumerate(seeds):
+            m = ms[j * S + k]
+            m = Matches(m.image, m.conf, m.cls, m.tp, m.target_image, m.target_cls, m.n_images, image_ids=ids,
+                        names={0: "circle", 1: "square", 2: "triangle", 3: "star"})  # fmt: skip
+            if shuffle_ids and fam != "baseline":  # the same images, numbered in another order
+                perm = np.random.default_rng(seed).permutation(n_images)
+                inv = np.argsort(perm)
+                m = Matches(inv[m.image], m.conf, m.cls, m.tp, inv[m.target_image], m.target_cls, n_images,
+                            image_ids=tuple(ids[p] for p in perm), names=m.names)  # fmt: skip
+            s = map_scores(m)
+            base = fam == "baseline"
+            name = "yolov8n" if base else f"yolov8n-{fam}-sppf_before"
+            key = f"{name}-{data.replace('/', '_')}-{seed}"
+            m.save(folder / "tmp.npz")
+            arts = st.put_artifacts(key, {"matches.npz": folder / "tmp.npz"})
+            st.append(
+                _rec(
+                    name,
+                    seed,
+                    s.map50_95,
+                    8.7,
+                    8.7,
+                    None if base else fam,
+                    None if base else fam,
+                    None if base else "sppf_before",
+                    baseline=base,
+                    key=key,
+                    map50=s.map50,
+                    data=data,
+                    artifacts=arts,
+                )  # fmt: skip
+            )
+    return folder
+
+
+def test_intervals_and_verdicts_from_per_image_files(tmp_path):
+    """Three seeds: a variant from the baseline's distribution and one clearly better. Intervals over images and
+    seeds, verdicts, the detectable difference, per-class changes, CSV columns, LaTeX, whiskers."""
+    from yolo_attn.report import load_matches
+
+    store = _matches_store(tmp_path)
+    paths = write_report(store, resamples=300)
+    md = paths["markdown"].read_text()
+    by = {r["config"]: r for r in paths["summary"]}
+    dat, bot = by["dat@sppf_before"], by["bot@sppf_before"]
+    assert dat["verdict_map50_95"] == "better" and dat["verdict_map50_95_note"] is None
+    assert 0 < dat["d_map50_95_low"] < dat["d_map50_95"] < dat["d_map50_95_high"]
+    assert 0 < dat["d_map50_95_seed_low"] and dat["pairs"] == 3 and dat["n_images"] == 150
+    assert bot["d_map50_95_low"] < bot["d_map50_95"] < bot["d_map50_95_high"]
+    assert dat["d_map50_95_detectable"] == pytest.approx(
+        max(dat["d_map50_95_high"] - dat["d_map50_95_low"], dat["d_map50_95_seed_high"] - dat["d_map50_95_seed_low"])
+        / 2
+    )
+    # the bootstrap's full-sample difference is the records' mean same-seed difference (the files are the records)
+    recs = load_records(store)
+    matches, notes = load_matches(store, recs)
+    assert len(matches) == 9 and notes == []
+    assert re.search(r"\| dat@sppf_before +\| mAP50-95 +\|.*\| better +\|", md) and "95% CI (seeds)" in md
+    assert "limited by" in md and "Per class" in md and re.search(r"\| dat@sppf_before +\| star +\|.*higher", md)
+    assert "Intervals unavailable" not in md
+    runs = list(csv.DictReader(paths["csv"].open()))
+    dat0 = next(r for r in runs if r["name"] == "yolov8n-dat-sppf_before" and r["seed"] == "0")
+    assert float(dat0["d_map50_95_low"]) < float(dat0["d_map50_95"]) < float(dat0["d_map50_95_high"])
+    assert dat0["verdict_map50_95"] == "better" and dat0["config"] == "dat@sppf_before"
+    summ = {r["config"]: r for r in csv.DictReader(paths["summary_csv"].open())}
+    assert summ["dat@sppf_before"]["verdict_map50"] and float(summ["dat@sppf_before"]["d_map50_95_seed_low"]) > 0
+    tex = paths["latex"].read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "dat@sppf\\_before & 3 &" in tex and "(better)" in tex
+    assert (store / "report" / "delta_by_position.png").read_bytes()[:8] == PNG
+
+
+def test_one_seed_verdict_says_training_noise_not_measured(tmp_path):
+    store = _matches_store(tmp_path, seeds=(0,))
+    md = write_report(store, resamples=200)["markdown"].read_text()
+    assert re.search(r"\| bot@sppf_before +\| mAP50-95 +\|.*\(training noise not measured \(1 seed\)\)", md)
+
+
+def test_images_in_another_order_pair_the_same(tmp_path):
+    """Runs that list the same validation images in another order are paired image by image."""
+    a = write_report(_matches_store(tmp_path / "a", seeds=(0,)), resamples=200)["summary"]
+    b = write_report(_matches_store(tmp_path / "b", seeds=(0,), shuffle_ids=True), resamples=200)["summary"]
+    for ra, rb in zip(a, b):
+        for k in ("d_map50_95", "d_map50_95_low", "d_map50_95_high", "d_map50_low", "d_map50_high"):
+            assert ra.get(k) == pytest.approx(rb.get(k), abs=1e-12), (ra["config"], k)
+
+
+def test_runs_without_per_image_files_have_no_intervals(store):
+    """A store written before runs kept their matches: same tables, and the report says what is missing."""
+    paths = write_report(store)
+    md = paths["markdown"].read_text()
+    assert "Intervals unavailable for 6 runs without a per-image file" in md
+    assert "- (no per-image file)" in md
+    assert paths["summary"][1]["intervals"] == "no per-image file"
+
+
+def test_two_datasets_have_a_section_each_and_a_combined_table(tmp_path):
+    store = _matches_store(tmp_path, seeds=(0,), data="/data/a/shapes.yaml")
+    _matches_store(tmp_path, seeds=(0,), data="/data/b/shapes.yaml")
+    paths = write_report(store, resamples=200)
+    md = paths["markdown"].read_text()
+    assert "## a/shapes.yaml" in md and "## b/shapes.yaml" in md
+    assert "## All datasets: Δ mAP50-95, 95% CI over images, verdict" in md
+    assert re.search(r"\| config +\| a/shapes.yaml +\| b/shapes.yaml +\|", md)
+    names = {p.name for p in paths["plots"]}
+    assert {"delta_by_position-a_shapes.png", "delta_by_position-b_shapes.png"} <= names
+    assert {r["dataset"] for r in csv.DictReader(paths["summary_csv"].open())} == {"a/shapes.yaml", "b/shapes.yaml"}

@@ -60,7 +60,7 @@ def test_old_store_lines_load_as_records():
 
 
 def test_old_store_report(tmp_path):
-    """The new report reads a store the old sweep wrote (tables, CSV, plots)."""
+    """The new report reads a store the old sweep wrote (tables, CSV, plots) and says its runs have no intervals."""
     from yolo_attn.report import write_report
 
     shutil.copy(OLD, tmp_path / STORE_NAME)
@@ -69,6 +69,7 @@ def test_old_store_report(tmp_path):
     assert "2 runs" in md and "1 done, 1 failed" in md and "| yolov8n (baseline)" in md
     assert "latency b2 (ms)" in md and "missing-model.yaml' does not exist" in md
     assert {p.name for p in paths["plots"]} == {"map_vs_gflops.png", "cost.png"}
+    assert "Intervals unavailable for 1 run without a per-image file" in md and "`yolov8n` (seed 0)" in md
     rows = paths["csv"].read_text().splitlines()
     assert len(rows) == 3 and "latency_ms_b2" in rows[0].split(",")
 
@@ -93,3 +94,42 @@ def test_old_store_resumes_without_redoing_runs(tmp_path, retry):
     else:  # the failed run was executed again (it fails again, at once) and the store compacted to one line per key
         assert recs[1].status == "failed" and recs[1].started != old["8f1ed36e47f0f3fe"].started
         assert [x["key"] for x in _lines(tmp_path / STORE_NAME)] == [r.key for r in plan]
+
+
+def test_artifacts_written_atomically_and_shipped_as_bytes(tmp_path):
+    """put_artifacts is the one writer of a run's files (a remote executor's driver calls it with the bytes its
+    worker shipped back); artifact_bytes reads them for shipping; artifact_path finds them from the record."""
+    from yolo_attn.store import artifact_bytes
+
+    worker = ResultStore(tmp_path / "worker")
+    src = tmp_path / "matches.tmp"
+    src.write_bytes(b"npz bytes")
+    rec = RunRecord("k1", status="done", artifacts=worker.put_artifacts("k1", {"matches.npz": src, "log.txt": b"hi"}))
+    assert rec.artifacts == {"matches": "artifacts/k1/matches.npz", "log": "artifacts/k1/log.txt"}
+    assert sorted(p.name for p in worker.artifacts_dir("k1").iterdir()) == ["log.txt", "matches.npz"]  # no temp files
+    shipped = artifact_bytes(rec, worker.folder)
+    assert shipped == {"matches.npz": b"npz bytes", "log.txt": b"hi"}
+
+    driver = ResultStore(tmp_path / "driver")
+    rec.artifacts = driver.put_artifacts(rec.key, shipped)
+    driver.append(rec)
+    back = driver.records()["k1"]
+    assert driver.artifact_path(back, "matches").read_bytes() == b"npz bytes"
+    assert driver.artifact_path(back, "nothing") is None and driver.artifact_path(RunRecord("k2"), "matches") is None
+    for bad in ("../x.npz", "sub/x.npz", ".hidden"):
+        with pytest.raises(ValueError, match="plain file name"):
+            driver.put_artifacts("k1", {bad: b""})
+
+
+def test_new_record_fields_round_trip():
+    rec = RunRecord(
+        "k",
+        status="done",
+        pretrained_run="abc",
+        weights="runs/x/weights/best.pt",
+        log="logs/x.log",
+        cpu_s=12.5,
+        validation={"source": "final validation", "map50": 0.5},
+    )
+    assert RunRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+    assert RunRecord.from_dict({"key": "old"}).validation is None  # lines of earlier versions: fields empty

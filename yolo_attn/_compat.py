@@ -39,7 +39,9 @@ __all__ = [
     "LOGGER",
     "Model",
     "TASK_MODELS",
+    "ValidationCapture",
     "YOLO",
+    "ap_tail",
     "cfg_models_root",
     "check",
     "get_flops",
@@ -221,4 +223,167 @@ def check() -> list[str]:
     root = cfg_models_root()
     if not (root / "v8" / "yolov8.yaml").is_file():
         problems.append(f"model YAMLs: {root}/v8/yolov8.yaml not found")
+    problems += _check_validation_capture()
+    return problems
+
+
+# ------------------------------------------------------------------------------------ validation matches (issue 13)
+# What Ultralytics' detection validator matched, image by image, kept for paired statistics (yolo_attn.stats). The
+# validator computes it on every validation and throws it away once mAP is computed; ``ValidationCapture`` wraps the
+# validator's own ``update_metrics`` (present in 8.3.65 and 8.4) and copies out the entries it appended, so the
+# matching itself is always Ultralytics'. Where the entries live differs:
+# - 8.4: ``validator.metrics.stats`` (a dict of lists: tp, conf, pred_cls, target_cls, target_img), one entry per
+#   image, numpy arrays; ``get_stats`` clears them, so an ``on_val_end`` callback would be too late.
+# - 8.3.65: ``validator.stats`` (same keys), torch tensors on the device, and no entry for an image with neither
+#   predictions nor labels (such an image still counts in a resample of the images).
+
+
+def _stat_lists(validator: Any) -> dict:
+    """The validator's per-image stat lists (see above), wherever this Ultralytics keeps them."""
+    for holder in (getattr(validator, "metrics", None), validator):
+        stats = getattr(holder, "stats", None)
+        if isinstance(stats, dict) and isinstance(stats.get("tp"), list):
+            return stats
+    raise _missing("the detection validator's per-image stat lists (metrics.stats or stats)", "not found")
+
+
+def _numpy(x: Any) -> Any:
+    import numpy as np
+
+    if hasattr(x, "detach"):  # torch tensor (8.3.65 keeps them on the device)
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _n_predictions(pred: Any) -> int:
+    """Predictions of one image: a dict with ``cls`` (8.4) or an (n, 6) tensor (8.3.65)."""
+    return len(pred["cls"]) if isinstance(pred, dict) else len(pred)
+
+
+class ValidationCapture:
+    """Keeps the per-image matching results of a detection validation (see :class:`yolo_attn.stats.Matches`).
+
+    Register :meth:`on_val_start` as an ``on_val_start`` callback of a YOLO object before ``train`` or ``val``: the
+    first validation that is not part of a training epoch is captured (during ``train`` that is the final validation
+    of ``best.pt``, whose figures ``train`` returns). Nothing is captured when training runs in DDP subprocesses,
+    which do not see the callback: :attr:`captured` stays False.
+
+    Attributes:
+        captured: A validation was captured (complete once it returned).
+        images: Per image: (file, tp (n, T) bool, conf (n,), pred_cls (n,), target_cls (g,)).
+        root: The dataset root the image ids are made relative to.
+        names: Class names of the validated model.
+    """
+
+    def __init__(self) -> None:
+        self.captured = False
+        self.images: list[tuple[str, Any, Any, Any, Any]] = []
+        self.root: str | None = None
+        self.names: dict | None = None
+        self.iou_thresholds: Any = None
+
+    def on_val_start(self, validator: Any) -> None:
+        """The callback: wrap this validator's ``update_metrics`` unless the validation is part of training."""
+        if self.captured or getattr(validator, "training", False):
+            return
+        if not hasattr(validator, "_process_batch"):  # not a detection validator (classification...)
+            return
+        self.captured = True
+        self.images = []
+        data = getattr(validator, "data", None) or {}
+        self.root = str(data.get("path")) if data.get("path") else None
+        iouv = getattr(validator, "iouv", None)
+        self.iou_thresholds = _numpy(iouv).astype("float64") if iouv is not None else None
+        original = validator.update_metrics
+
+        def update_metrics(preds: Any, batch: dict) -> None:
+            stats = _stat_lists(validator)
+            n0 = len(stats["tp"])
+            original(preds, batch)
+            self._take(stats, n0, preds, batch)
+            if self.names is None:
+                names = getattr(validator, "names", None) or getattr(getattr(validator, "metrics", None), "names", None)
+                self.names = dict(names) if names else None
+
+        validator.update_metrics = update_metrics  # this instance only: the class and other validators are untouched
+
+    def _take(self, stats: dict, n0: int, preds: Any, batch: dict) -> None:
+        import numpy as np
+
+        new = len(stats["tp"]) - n0
+        bi = _numpy(batch["batch_idx"]).reshape(-1)
+        has_entry = [_n_predictions(p) > 0 or bool((bi == si).sum()) for si, p in enumerate(preds)]
+        if new == len(preds):  # one entry per image (8.4)
+            has_entry = [True] * len(preds)
+        elif new != sum(has_entry):
+            raise RuntimeError(
+                f"Ultralytics {version()}: the validator added {new} stat entries for {len(preds)} images "
+                f"({sum(has_entry)} with predictions or labels); cannot tell which image each belongs to"
+            )
+        k = n0
+        for si, entry in enumerate(has_entry):
+            file = str(batch["im_file"][si])
+            if entry:
+                tp, conf, cls, tcls = (_numpy(stats[key][k]) for key in ("tp", "conf", "pred_cls", "target_cls"))
+                k += 1
+            else:
+                n_thr = len(self.iou_thresholds) if self.iou_thresholds is not None else 10
+                tp, conf, cls, tcls = np.zeros((0, n_thr), bool), np.zeros(0), np.zeros(0), np.zeros(0)
+            self.images.append((file, tp.astype(bool), conf.reshape(-1), cls.reshape(-1), tcls.reshape(-1)))
+
+    def image_ids(self) -> list[str]:
+        """Each image's file, relative to the dataset root when it lies inside it."""
+        out = []
+        for file, *_ in self.images:
+            p = Path(file)
+            if self.root:
+                try:
+                    p = p.resolve().relative_to(Path(self.root).resolve())
+                except ValueError:
+                    pass
+            out.append(p.as_posix())
+        return out
+
+    def matches(self) -> Any:
+        """The captured validation as :class:`yolo_attn.stats.Matches` (None when nothing was captured)."""
+        from yolo_attn.stats import IOU_THRESHOLDS, Matches
+
+        if not self.captured or not self.images:
+            return None
+        _, tp, conf, cls, tcls = zip(*self.images)
+        thr = self.iou_thresholds if self.iou_thresholds is not None else IOU_THRESHOLDS
+        return Matches.from_images(
+            list(tp),
+            list(conf),
+            list(cls),
+            list(tcls),
+            iou_thresholds=thr,
+            names=self.names,
+            image_ids=self.image_ids(),
+            ap_tail=ap_tail(),
+        )
+
+
+def ap_tail() -> str:
+    """How the installed Ultralytics ends the precision-recall curve (:data:`yolo_attn.stats.AP_TAILS`)."""
+    from yolo_attn.stats import detect_ap_tail
+
+    compute_ap = _resolve("ultralytics.utils.metrics:compute_ap")
+    try:
+        return detect_ap_tail(compute_ap)
+    except AttributeError as e:  # 8.3's compute_ap calls np.trapz, which numpy 2.4 removed; register() restores it
+        raise RuntimeError(f"Ultralytics {version()}'s compute_ap failed ({e}): call yolo_attn.register() first") from e
+
+
+def _check_validation_capture() -> list[str]:
+    """What :class:`ValidationCapture` and :func:`ap_tail` read, as :func:`check` reports it."""
+    problems = []
+    try:
+        validator = _resolve("ultralytics.models.yolo.detect:DetectionValidator")
+        for attr in ("update_metrics", "_process_batch"):
+            if not callable(getattr(validator, attr, None)):
+                problems.append(f"DetectionValidator.{attr}: missing in Ultralytics {version()}")
+        _resolve("ultralytics.utils.metrics:compute_ap")
+    except ImportError as e:
+        problems.append(f"validation capture: {e}")
     return problems

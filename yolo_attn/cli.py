@@ -5,9 +5,10 @@ families are whatever the registry holds (the package's, and those of modules na
 
 Shell examples::
 
-    yolo-attn demo                                   # the README's main job (generated data, CPU, < 10 min)
-    yolo-attn ablate --data shapes.yaml --blocks bot dat --positions sppf_before neck --seeds 0 1 epochs=3 imgsz=128
-    yolo-attn report out/ablate
+    yolo-attn demo                                   # the README's main job (generated data, CPU, ~10 min)
+    yolo-attn ablate --data shapes.yaml --blocks bot dat --positions sppf_before neck --seeds 0 1 2 epochs=3 imgsz=128
+    yolo-attn ablate --data a.yaml b.yaml --blocks dat epochs=3   # every configuration on each dataset
+    yolo-attn report out/ablate                      # tables with 95% intervals and verdicts, CSV, LaTeX, plots
     yolo-attn flops cfg/yolov8-dat-sppf_before.yaml --imgsz 640
     yolo-attn insert yolov8.yaml dat sppf_before -o my-variant.yaml
 
@@ -112,7 +113,7 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
     if a.report:
         from yolo_attn.report import write_report
 
-        paths = write_report(a.out)
+        paths = write_report(a.out, resamples=a.resamples)
         print(f"report: {paths['markdown']}")
     return 1 if failed and a.strict else 0
 
@@ -121,8 +122,8 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
 def _cmd_report(a: argparse.Namespace) -> int:
     from yolo_attn.report import write_report
 
-    paths = write_report(a.store, out=a.out, title=a.title)
-    print(f"markdown: {paths['markdown']}\ncsv: {paths['csv']}")
+    paths = write_report(a.store, out=a.out, title=a.title, resamples=a.resamples, ci=a.ci)
+    print(f"markdown: {paths['markdown']}\ncsv: {paths['csv']}, {paths['summary_csv']}\nlatex: {paths['latex']}")
     for q in paths["plots"]:
         print(f"plot: {q}")
     if a.print:
@@ -135,7 +136,15 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from yolo_attn.demo import run_demo
 
     paths = run_demo(
-        a.out, epochs=a.epochs, imgsz=a.imgsz, n_train=a.n_train, n_val=a.n_val, devices=a.devices, seeds=a.seeds
+        a.out,
+        epochs=a.epochs,
+        finetune_epochs=a.finetune_epochs,
+        imgsz=a.imgsz,
+        n_train=a.n_train,
+        n_val=a.n_val,
+        devices=a.devices,
+        seeds=a.seeds,
+        resamples=a.resamples,
     )
     print(Path(paths["markdown"]).read_text())
     print(f"\nreport: {paths['markdown']}  csv: {paths['csv']}  plots: {', '.join(map(str, paths['plots']))}")
@@ -219,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ablate", help="train a plan of base x block x position x seed runs into a resumable store")
     s.add_argument("overrides", nargs="*", help="Ultralytics training overrides, key=value (epochs=3 imgsz=320 ...)")
-    s.add_argument("--data", required=True, help="dataset YAML")
+    s.add_argument("--data", nargs="+", required=True, help="dataset YAML(s): the whole plan runs on each")
     s.add_argument("--out", default="runs/yolo_attn/ablate", help="output folder (store, runs, report)")
     s.add_argument("--base", nargs="+", default=None, help="base models (default yolov8n.yaml)")
     s.add_argument("--blocks", nargs="*", default=None, help="families or block names (default: every family)")
@@ -241,6 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-failed", action="store_true", help="redo runs recorded as failed")
     s.add_argument("--plan-only", action="store_true", help="print the plan (keys, names) and exit")
     s.add_argument("--report", action="store_true", help="write the report when the sweep ends")
+    s.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates of the report's intervals")
     s.add_argument("--strict", action="store_true", help="exit 1 when a run failed")
     _add_measure_args(s)
     s.set_defaults(func=_cmd_ablate)
@@ -250,16 +260,28 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="report folder (default: <store folder>/report)")
     r.add_argument("--title", default=None)
     r.add_argument("--print", action="store_true", help="print the Markdown report")
+    r.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates per comparison")
+    r.add_argument("--ci", type=float, default=0.95, help="confidence level of the intervals and verdicts")
     r.set_defaults(func=_cmd_report)
 
-    d = sub.add_parser("demo", help="the README main job: baseline + each family's variant on generated data, CPU")
+    d = sub.add_parser(
+        "demo", help="the README main job: a baseline, then it and each family's variant continued, per seed (CPU)"
+    )
     d.add_argument("--out", default="out/demo", help="output folder; the report is <out>/report.md")
-    d.add_argument("--epochs", type=int, default=None, help="default: the demo's own")
+    d.add_argument("--epochs", type=int, default=None, help="epochs of the baseline from scratch (default: the demo's)")
+    d.add_argument("--finetune-epochs", type=int, default=None, help="epochs of every continued run")
     d.add_argument("--imgsz", type=int, default=None)
     d.add_argument("--n-train", type=int, default=None)
     d.add_argument("--n-val", type=int, default=None)
-    d.add_argument("--devices", nargs="+", default=None)
-    d.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run of every model per seed (spread)")
+    d.add_argument("--devices", nargs="+", default=None, help="one run per entry at a time (default: cpu cpu)")
+    d.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="seeds of the continued runs (default: 0 1 2 3; 3+ for verdicts)",
+    )
+    d.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates of the report's intervals")
     d.set_defaults(func=_cmd_demo)
 
     b = sub.add_parser("bench", help="latency / peak memory / GFLOPs of every registered block at its bench levels")

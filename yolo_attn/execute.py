@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import os
 import platform
 import time
@@ -39,9 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from yolo_attn.plan import Run, model_dict
-from yolo_attn.store import RunRecord
+from yolo_attn.store import ResultStore, RunRecord
 
 __all__ = ["Measure", "execute", "failed_record", "versions"]
+
+LOGGER = logging.getLogger("yolo_attn")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ def _record(run: Run, device: str) -> RunRecord:
         data=run.data,
         train=dict(run.train),
         pretrained=run.pretrained,
+        pretrained_run=run.pretrained_run,
         device=str(device),
         started=_now(),
         pid=os.getpid(),
@@ -212,6 +216,104 @@ def _measure(net: Any, rec: RunRecord, settings: Measure, device: str) -> None:
     rec.bench_batch = settings.bench_batch
 
 
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` when inside it (the store moves as a whole), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(Path(folder).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _pretrained_loader(weights: str, rec: RunRecord) -> tuple[Any, Any]:
+    """Trainer callbacks (start, end of the training set-up) that make sure ``weights`` start the training.
+
+    Ultralytics 8.3 ignores ``pretrained=<file>`` when the model was built from a YAML: its ``Model.train`` hands
+    the trainer a fresh model (built for the dataset's classes) and ``setup_model`` then skips the weights. Its
+    set-up starts with that model in hand, so the first callback loads the weights into it, through the variant's
+    index map. 8.4 calls that callback before any model exists and loads the weights itself (through the same map,
+    by the load hook); the second callback then only counts what transferred, on a copy. Counts go to
+    ``rec.transfer``.
+    """
+    import torch
+
+    from yolo_attn.transfer import transfer
+
+    def note(rep: Any) -> None:
+        rec.transfer = {"transferred": rep.n_transferred, "new": rep.n_new, "skipped": rep.n_skipped}
+
+    def load(trainer: Any) -> None:
+        if isinstance(getattr(trainer, "model", None), torch.nn.Module):
+            note(transfer(trainer.model, weights, verbose=False))
+
+    def count(trainer: Any) -> None:
+        if rec.transfer is None and isinstance(getattr(trainer, "model", None), torch.nn.Module):
+            note(transfer(copy.deepcopy(trainer.model), weights, verbose=False))
+
+    return load, count
+
+
+def _keep_matches(run: Run, rec: RunRecord, capture: Any, trainer: Any, out: Path, device: str) -> None:
+    """Store the final validation's per-image matches as the run's ``matches`` artifact and describe them.
+
+    They come from the validation that produced the recorded mAP (Ultralytics' final validation of ``best.pt``), so
+    the two agree. A DDP run, whose training subprocesses the capture does not reach, validates ``best.pt`` again (at
+    the training batch size, on the first device); the record's mAP, precision and recall then come from that
+    validation too, and the trainer's figures are kept in ``rec.validation`` (``trainer_map50``...).
+    """
+    import tempfile
+
+    from yolo_attn._compat import YOLO, ValidationCapture
+    from yolo_attn.stats import map_scores
+
+    source, trained = "final validation", {}
+    matches = capture.matches()
+    if matches is None:
+        best = Path(getattr(trainer, "best", "") or "")
+        if not best.is_file():
+            raise RuntimeError("the final validation was not captured and there is no best.pt to validate again")
+        again = ValidationCapture()
+        model = YOLO(str(best))
+        model.add_callback("on_val_start", again.on_val_start)
+        args = getattr(trainer, "args", None)
+        vm = model.val(
+            data=run.data,
+            imgsz=rec.imgsz,
+            batch=getattr(args, "batch", 16),
+            device=str(device).split(",")[0],
+            workers=getattr(args, "workers", 0),
+            project=str((out / "runs").resolve()),
+            name=f"{run.name}-{run.key[:8]}-val",
+            exist_ok=True,
+            plots=False,
+            verbose=False,
+        )
+        matches, source = again.matches(), "validated again"
+        if matches is None:
+            raise RuntimeError("validating best.pt again captured no detection validation")
+        # the record's figures come from the validation the matches come from; the trainer's are kept beside
+        trained = {f"trainer_{k}": getattr(rec, k) for k in ("map50", "map50_95", "precision", "recall")}
+        for k, v in _metrics(vm, None).items():
+            setattr(rec, k, v)
+    scores = map_scores(matches)
+    with tempfile.TemporaryDirectory() as tmp:
+        rec.artifacts.update(ResultStore(out).put_artifacts(run.key, {"matches.npz": matches.save(Path(tmp) / "m")}))
+    rec.validation = {
+        "source": source,
+        "weights": rec.weights,
+        "n_images": matches.n_images,
+        "n_predictions": matches.n_predictions,
+        "ap_tail": matches.ap_tail,
+        "map50": scores.map50,
+        "map50_95": scores.map50_95,
+        **trained,
+    }
+    for k in ("map50", "map50_95"):
+        got, want = rec.validation[k], getattr(rec, k)
+        if want is not None and abs(got - want) > 1e-6:
+            LOGGER.warning("%s: the per-image matches give %s %.6f, Ultralytics reported %.6f", run.name, k, got, want)
+
+
 def execute(
     run: Run, out: str | os.PathLike, device: str = "cpu", settings: Measure | Mapping | None = None
 ) -> RunRecord:
@@ -227,12 +329,12 @@ def execute(
 
     out = Path(out)
     settings = Measure.of(settings)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     rec = _record(run, device)
     rec.versions = versions()
     try:
         import yolo_attn
-        from yolo_attn._compat import YOLO
+        from yolo_attn._compat import YOLO, ValidationCapture
 
         yolo_attn.register()
         rec.family = _family(run.block)
@@ -247,12 +349,13 @@ def execute(
                 if made.get(k):
                     setattr(rec, k, made[k])
         rec.model_yaml = model_path
-        if run.pretrained:
-            from yolo_attn.transfer import transfer
-
-            rep = transfer(YOLO(model_path).model, run.pretrained, verbose=False)
-            rec.transfer = {"transferred": rep.n_transferred, "new": rep.n_new, "skipped": rep.n_skipped}
         model = YOLO(model_path)
+        if run.pretrained:
+            load, count = _pretrained_loader(run.pretrained, rec)
+            model.add_callback("on_pretrain_routine_start", load)
+            model.add_callback("on_pretrain_routine_end", count)
+        capture = ValidationCapture()  # the final validation's per-image matches, for paired statistics
+        model.add_callback("on_val_start", capture.on_val_start)
         t_train = time.time()
         metrics = model.train(
             data=run.data,
@@ -268,6 +371,12 @@ def execute(
         for k, v in _metrics(metrics, model.trainer).items():
             setattr(rec, k, v)
         rec.save_dir = str(getattr(model.trainer, "save_dir", ""))
+        best = Path(getattr(model.trainer, "best", "") or "")
+        rec.weights = _relative(best, out) if best.is_file() else None
+        try:
+            _keep_matches(run, rec, capture, model.trainer, out, device)
+        except Exception as e:  # the run still counts; the report says its intervals are unavailable
+            rec.validation = {"error": f"{type(e).__name__}: {e}"}
         rec.epochs = getattr(model.trainer, "epochs", run.train.get("epochs"))
         imgsz = getattr(model.trainer.args, "imgsz", run.train.get("imgsz", 640))
         rec.imgsz = int(max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz)
@@ -289,6 +398,6 @@ def execute(
         with contextlib.suppress(Exception):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    rec.wall_s = time.time() - t0
+    rec.wall_s, rec.cpu_s = time.time() - t0, time.process_time() - c0
     rec.finished = _now()
     return rec

@@ -107,6 +107,9 @@ class Run:
         pretrained: Weights transferred into the model before training (through the variant's index map).
         baseline: This run is the reference the report compares variants of the same base against.
         name: Readable label (derived when empty).
+        pretrained_run: Key of the run (in the same store) that trained ``pretrained``. The key then names that run
+            and the file's content instead of its path: moving the store keeps the key, retraining that run (new
+            weights) changes it.
     """
 
     model: str
@@ -119,6 +122,7 @@ class Run:
     pretrained: str | None = None
     baseline: bool = False
     name: str = ""
+    pretrained_run: str | None = None
 
     def __post_init__(self) -> None:
         self.args = list(self.args or [])
@@ -128,6 +132,8 @@ class Run:
                 raise ValueError(f"give {k!r} as a Run field, not as a training override")
         if (self.block is None) != (self.position is None):
             raise ValueError(f"block and position go together (got block={self.block!r}, position={self.position!r})")
+        if self.pretrained_run is not None and not self.pretrained:
+            raise ValueError(f"pretrained_run={self.pretrained_run!r} needs the weights file it trained as pretrained")
         if not self.name:
             self.name = self.label()
 
@@ -145,7 +151,7 @@ class Run:
 
     def definition(self) -> dict:
         """What the key hashes: everything that changes the trained model (not its name, not the measurements)."""
-        return {
+        d = {
             "model": str(self.model),
             "model_sha": _model_sha(self.model),  # content, not name: editing a YAML makes a new run
             "block": self.block,
@@ -157,6 +163,9 @@ class Run:
             "pretrained": self.pretrained,
             "pretrained_sha": _file_sha(self.pretrained),
         }
+        if self.pretrained_run is not None:  # only then: keys of runs without one are what they always were
+            d["pretrained"] = f"run:{self.pretrained_run}"
+        return d
 
     @property
     def key(self) -> str:
@@ -173,7 +182,7 @@ class Run:
 
 
 def make_plan(
-    data: str,
+    data: str | Sequence[str],
     bases: Sequence[str] = ("yolov8n.yaml",),
     blocks: Sequence[str] | None = None,
     positions: Sequence[str] = ("sppf_before",),
@@ -183,11 +192,13 @@ def make_plan(
     baseline: bool = True,
     block_args: Mapping[str, Sequence] | None = None,
     models: Sequence[str] = (),
+    pretrained_run: str | None = None,
 ) -> list[Run]:
-    """bases x (baseline + blocks x positions) x seeds, in that order (a seed's runs together), plus ``models``.
+    """datasets x seeds x bases x (baseline + blocks x positions), in that order (a seed's runs together), plus
+    ``models``.
 
     Args:
-        data: Dataset YAML (made absolute when it exists).
+        data: Dataset YAML (made absolute when it exists), or several: the whole plan is repeated for each.
         bases: Base models (Ultralytics names or YAML paths).
         blocks: Families or registered block names (default: every registered family).
         positions: Insertion points.
@@ -198,6 +209,7 @@ def make_plan(
         block_args: Extra block arguments per block name (``{"dat": [8]}``).
         models: Extra model YAMLs trained as they are (no insertion). With no ``bases``, the first of them is the
             baseline (when ``baseline`` is true).
+        pretrained_run: Key of the run that trained ``pretrained`` (see :attr:`Run.pretrained_run`).
 
     Raises:
         ValueError: The plan holds the same run twice.
@@ -206,23 +218,27 @@ def make_plan(
         from yolo_attn.edit import families
 
         blocks = list(families())
-    data = _abspath(data)
+    datasets = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if not datasets:
+        raise ValueError("make_plan needs at least one dataset YAML, got none")
     pretrained = _abspath(pretrained)
     train = dict(train or {})
     block_args = dict(block_args or {})
+    common = {"train": train, "pretrained": pretrained, "pretrained_run": pretrained_run}
     plan = []
-    for seed in seeds:
-        for base in bases:
-            base = _abspath(base)
-            if baseline:
-                plan.append(Run(base, data, seed=seed, train=train, pretrained=pretrained, baseline=True))
-            for block in blocks:
-                for pos in positions:
-                    args = list(block_args.get(block, []))
-                    plan.append(Run(base, data, block, pos, args, seed=seed, train=train, pretrained=pretrained))
-        for j, m in enumerate(models):
-            is_base = baseline and not bases and j == 0
-            plan.append(Run(_abspath(m), data, seed=seed, train=train, pretrained=pretrained, baseline=is_base))
+    for data in map(_abspath, datasets):
+        for seed in seeds:
+            for base in bases:
+                base = _abspath(base)
+                if baseline:
+                    plan.append(Run(base, data, seed=seed, baseline=True, **common))
+                for block in blocks:
+                    for pos in positions:
+                        args = list(block_args.get(block, []))
+                        plan.append(Run(base, data, block, pos, args, seed=seed, **common))
+            for j, m in enumerate(models):
+                is_base = baseline and not bases and j == 0
+                plan.append(Run(_abspath(m), data, seed=seed, baseline=is_base, **common))
     keys = [r.key for r in plan]
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:

@@ -1,17 +1,32 @@
-"""Report of an ablation: Markdown and CSV tables and PNG plots, read from the results store only.
+"""Report of an ablation: does a block help, by how much, and could the sweep have told? Read from the store only.
 
-Input: a results store (:class:`yolo_attn.store.ResultStore`, ``<out>/results.jsonl``); nothing else is read (no
+Input: a results store (:class:`yolo_attn.store.ResultStore`, ``<out>/results.jsonl``) and the per-image matches its
+runs left beside their records (artifact ``matches``, :class:`yolo_attn.stats.Matches`); nothing else is read (no
 Ultralytics run folder, no model), except each baseline's model YAML, when it can still be found, to say whether the
 baseline already contains attention (YOLO11 / YOLO26 have C2PSA). Outputs (default ``<out>/report/``):
 
-- ``report.md``: settings and environment, a table per configuration (mean and spread over seeds, change of
-  mAP50-95 against the baseline of the same seed), a table per run, failed runs with their error, the plots.
-- ``results.csv``: one row per run, every scalar field of the record.
-- ``map_vs_gflops.png``: mAP50-95 against GFLOPs counted at the real size (attention included), the Pareto front,
-  the baseline marked, and Ultralytics' own GFLOPs figure as a hollow marker joined to ours, so the gap is visible.
-- ``delta_by_position.png``: per insertion point and block family, the change of mAP50-95 against the baseline (bars:
-  mean over seeds; dots: each seed; whiskers: min-max spread across seeds).
-- ``cost.png``: GFLOPs (both figures), parameters and batch-1 latency per configuration.
+- ``report.md``: settings and environment; per dataset (one section each) and comparison group (same training
+  overrides and starting weights): the summary table (mean and spread over seeds, change against the baseline of the
+  same seed, its 95% intervals and the verdict, cost), the verdicts for mAP50 and mAP50-95 with the smallest
+  difference the sweep could detect, the classes that changed most; with several datasets, a table of verdicts
+  across them; every run; runs without a per-image file; failed runs.
+- ``results.csv``: one row per run, every scalar field of the record, plus its change against the same-seed baseline
+  with the image interval (``d_map50_95_low`` / ``_high``...) and its configuration's verdicts.
+- ``summary.csv``: one row per configuration: means, spreads, intervals, verdicts, cost.
+- ``summary.tex``: the summary tables as LaTeX (booktabs), one ``table`` per dataset and group.
+- Plots, per dataset (suffixed with the dataset's name when there are several): ``map_vs_gflops.png`` (mAP50-95
+  against GFLOPs counted at the real size, Pareto front, Ultralytics' own GFLOPs as hollow markers),
+  ``delta_by_position.png`` (change against the baseline per insertion point and family: bars the mean over seeds,
+  dots each seed, black whiskers the 95% image interval, grey whiskers the 95% seed interval from 3 seeds on) and
+  ``cost.png``.
+
+Statistics (:mod:`yolo_attn.stats`): each variant is compared with the baseline of the same seed, data and training
+group. The *image interval* is the percentile interval of the paired bootstrap over validation images (each resample
+scores both models on the same images, the difference averaged over the seed pairs); the *seed interval* is the
+Student-t interval of the per-seed differences (from 3 seeds). The verdict is "better" or "worse" only when both
+exclude zero on the same side; with fewer than 3 seeds it rests on the images and says that training noise was not
+measured. The smallest detectable difference is the half-width of the wider interval. Runs without a per-image file
+(stores written before it existed) get no image interval; the report says which.
 
 Plots use matplotlib's Agg canvas directly (no pyplot, no global backend change).
 
@@ -41,7 +56,11 @@ from typing import Any
 from yolo_attn.markdown import table
 from yolo_attn.store import ResultStore, RunRecord
 
-__all__ = ["load_records", "summarize", "pareto_front", "write_report"]
+__all__ = ["METRICS", "compare", "load_matches", "load_records", "pareto_front", "summarize", "write_report"]
+
+#: The metrics that get intervals and verdicts: record field -> name in tables.
+METRICS = {"map50_95": "mAP50-95", "map50": "mAP50"}
+_NO_FILE = "no per-image file"
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -76,9 +95,14 @@ def _stem(r: Mapping) -> str:
     return Path(str(r.get("base") or r.get("model") or r.get("name"))).stem
 
 
+def _start(r: Mapping) -> str | None:
+    """The starting weights: the run that trained them (stable when the store moves), else the file."""
+    return f"run:{r['pretrained_run']}" if r.get("pretrained_run") else r.get("pretrained")
+
+
 def _group(r: Mapping) -> str:
-    """Runs that are comparable: same data, training overrides and pretrained weights."""
-    return json.dumps([r.get("data"), r.get("train"), r.get("pretrained")], sort_keys=True, default=str)
+    """Runs that are comparable: same data, training overrides and starting weights."""
+    return json.dumps([r.get("data"), r.get("train"), _start(r)], sort_keys=True, default=str)
 
 
 def _baselines(records: Sequence[Mapping]) -> dict[tuple, Mapping]:
@@ -102,6 +126,7 @@ def _with_deltas(records: Sequence[RunRecord | Mapping]) -> list[dict]:
     for r in records:
         b = _baseline_of(r, bases)
         if b is not None and r.get("status") == "done":
+            r["baseline_key"] = b.get("key")
             for k in ("map50_95", "map50", "gflops", "params", "latency_ms_b1"):
                 if _num(r.get(k)) is not None and _num(b.get(k)) is not None:
                     r[f"d_{k}"] = r[k] - b[k]
@@ -120,7 +145,11 @@ def _std(xs: Sequence[float]) -> float | None:
 
 
 def summarize(records: Sequence[RunRecord | Mapping]) -> list[dict]:
-    """One row per configuration (base model, block, position, args, comparison group), aggregated over seeds."""
+    """One row per configuration (base model, block, position, args, comparison group), aggregated over seeds.
+
+    Each row keeps its runs (``runs``, with their change against the same-seed baseline); :func:`compare` adds the
+    intervals and verdicts.
+    """
     rows = _with_deltas(records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -148,13 +177,18 @@ def summarize(records: Sequence[RunRecord | Mapping]) -> list[dict]:
             "seeds": len(rs),
             "seed_list": [r.get("seed") for r in rs],
             "group": key[0],
+            "data": first.get("data"),
+            "train": first.get("train"),
+            "start": _start(first),
             "gflops_imgsz": first.get("gflops_imgsz"),
             "bench_device": first.get("bench_device"),
             "bench_imgsz": first.get("bench_imgsz"),
+            "runs": rs,
         }
         for k in (
             "map50",
             "map50_95",
+            "d_map50",
             "d_map50_95",
             "gflops",
             "gflops_ultralytics",
@@ -174,7 +208,10 @@ def summarize(records: Sequence[RunRecord | Mapping]) -> list[dict]:
             row["latency_ms_bN"] = _mean([_num(r.get(f"latency_ms_b{bb}")) for r in rs])
             row["peak_mb_bN"] = _mean([_num(r.get(f"peak_mb_b{bb}")) for r in rs])
         out.append(row)
-    out.sort(key=lambda r: (r["group"], not r["baseline"], r["family"] or "", r["position"] or "", r["config"]))
+    order = list(dict.fromkeys(_group(r) for r in rows))  # groups as they first appear in the store
+    out.sort(
+        key=lambda r: (order.index(r["group"]), not r["baseline"], r["family"] or "", r["position"] or "", r["config"])
+    )
     return out
 
 
@@ -187,6 +224,158 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
+
+
+# --------------------------------------------------------------------------------------------------- statistics
+def load_matches(store: str | Path, records: Sequence[RunRecord]) -> tuple[dict[str, Any], list[str]]:
+    """The per-image matches of every finished run that has them, and what is wrong with the others.
+
+    A file that does not reproduce the mAP recorded for its run (beyond 1e-6) is still used, and named in the notes.
+
+    Returns:
+        (run key -> :class:`yolo_attn.stats.Matches`, notes).
+    """
+    from yolo_attn.stats import Matches, map_scores
+
+    st = ResultStore(store)
+    out, notes = {}, []
+    for rec in records:
+        if not rec.ok:
+            continue
+        path = st.artifact_path(rec, "matches")
+        if path is None:
+            continue
+        try:
+            m = Matches.load(path)
+        except (OSError, ValueError, KeyError) as e:
+            notes.append(f"`{rec.name}` (seed {rec.seed}): per-image file {path.name} unreadable ({e})")
+            continue
+        s = map_scores(m)
+        for k, got in (("map50", s.map50), ("map50_95", s.map50_95)):
+            want = getattr(rec, k)
+            if want is not None and abs(got - want) > 1e-6:
+                notes.append(
+                    f"`{rec.name}` (seed {rec.seed}): its per-image file gives {METRICS[k]} {got:.6f}, the record "
+                    f"{want:.6f}"
+                )
+        out[rec.key] = m
+    return out, notes
+
+
+def _reindexed(m: Any, ids: tuple[str, ...] | None) -> Any:
+    """``m`` with its images numbered as ``ids`` lists them (same images, other order), or None if the sets differ.
+
+    Only image numbers change; predictions keep their order, so full-sample scores still sort exactly as the
+    validator did.
+    """
+    import numpy as np
+
+    from yolo_attn.stats import Matches
+
+    if ids is None or m.image_ids is None or m.image_ids == ids:
+        return m
+    pos = {k: i for i, k in enumerate(ids)}
+    if len(pos) != len(ids) or sorted(m.image_ids) != sorted(ids):
+        return None
+    new = np.array([pos[k] for k in m.image_ids], dtype=np.int32)
+    return Matches(
+        new[m.image], m.conf, m.cls, m.tp, new[m.target_image], m.target_cls, m.n_images, m.iou_thresholds, m.names,
+        ids, m.ap_tail,
+    )  # fmt: skip
+
+
+def _paired(bases: Sequence[Any], variants: Sequence[Any]) -> tuple[list, list] | str:
+    """Both lists on the first baseline's image numbering, or why they can not be paired."""
+    ids = bases[0].image_ids
+    b = [_reindexed(m, ids) for m in bases]
+    v = [_reindexed(m, ids) for m in variants]
+    if any(x is None for x in b + v):
+        return "the runs validated different images"
+    return b, v
+
+
+def _bootstrap(bases: list, variants: list, resamples: int, ci: float, seed: int) -> Any:
+    from yolo_attn.stats import paired_bootstrap
+
+    pair = _paired(bases, variants)
+    if isinstance(pair, str):
+        return pair
+    try:
+        return paired_bootstrap(pair[0], pair[1], n_resamples=resamples, seed=seed, ci=ci)
+    except ValueError as e:  # other targets, thresholds or AP conventions: not the same validation
+        return str(e)
+
+
+def compare(
+    summary: Sequence[dict],
+    matches: Mapping[str, Any],
+    resamples: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> None:
+    """Add intervals and verdicts to the variant rows of ``summary`` (and their runs), in place.
+
+    Per variant configuration and metric (:data:`METRICS`): ``d_<m>_low`` / ``_high`` (image interval of the mean
+    same-seed difference), ``d_<m>_seed_low`` / ``_high`` (t-interval over seeds, from 3 seeds),
+    ``d_<m>_detectable`` (half-width of the wider interval) and ``d_<m>_limited_by`` ("images" or "seeds"),
+    ``verdict_<m>`` and ``verdict_<m>_note``; ``classes`` (per-class comparisons) and ``intervals`` (None, or why the
+    image interval is unavailable). Each run gets its own ``d_<m>_low`` / ``_high`` (one pair).
+
+    Args:
+        summary: Rows of :func:`summarize`.
+        matches: Run key -> :class:`yolo_attn.stats.Matches` (:func:`load_matches`).
+        resamples: Bootstrap replicates.
+        ci: Confidence level of every interval.
+        seed: Seed of the bootstrap resampling.
+    """
+    from yolo_attn.stats import seed_interval, verdict
+
+    by_key = {r["key"]: r for row in summary for r in row["runs"]}
+    for row in summary:
+        if row["baseline"]:
+            continue
+        pairs = [(by_key.get(r.get("baseline_key")), r) for r in row["runs"]]
+        pairs = [(b, v) for b, v in pairs if b is not None]
+        row["pairs"] = len(pairs)
+        if not pairs:
+            row["intervals"] = "no baseline of the same seed"
+            continue
+        lacking = [x for b, v in pairs for x in (b, v) if x["key"] not in matches]
+        boot = None
+        if lacking:
+            row["intervals"] = _NO_FILE
+        else:
+            for b, v in pairs:  # each run against its own baseline, for results.csv
+                one = _bootstrap([matches[b["key"]]], [matches[v["key"]]], resamples, ci, seed)
+                for m in METRICS:
+                    if not isinstance(one, str):
+                        iv = getattr(one, m).interval
+                        v[f"d_{m}_low"], v[f"d_{m}_high"] = iv.low, iv.high
+            if len(pairs) == 1:
+                boot = one
+            else:
+                boot = _bootstrap([matches[b["key"]] for b, _ in pairs], [matches[v["key"]] for _, v in pairs],
+                                  resamples, ci, seed)  # fmt: skip
+            row["intervals"] = boot if isinstance(boot, str) else None
+            boot = None if isinstance(boot, str) else boot
+        row["classes"] = list(boot.classes) if boot is not None else []
+        row["n_images"] = boot.n_images if boot is not None else None
+        for m in METRICS:
+            deltas = [v[m] - b[m] for b, v in pairs if _num(v.get(m)) is not None and _num(b.get(m)) is not None]
+            s_iv = seed_interval(deltas, ci) if len(deltas) >= 3 else None
+            if s_iv is not None:
+                row[f"d_{m}_seed_low"], row[f"d_{m}_seed_high"] = s_iv.low, s_iv.high
+            if boot is None:
+                continue
+            cmp = getattr(boot, m)
+            row[f"d_{m}_low"], row[f"d_{m}_high"] = cmp.interval.low, cmp.interval.high
+            v_ = verdict(cmp.interval, s_iv, n_seeds=len(deltas) if s_iv is not None else min(len(deltas), 2) or 1)
+            row[f"verdict_{m}"], row[f"verdict_{m}_note"] = v_.label, v_.note
+            half, seed_half = cmp.interval.half_width, s_iv.half_width if s_iv is not None else 0.0
+            row[f"d_{m}_detectable"] = max(half, seed_half)
+            row[f"d_{m}_limited_by"] = "seeds" if seed_half > half else "images"
+            for r in row["runs"]:
+                r[f"verdict_{m}"] = v_.label
 
 
 # --------------------------------------------------------------------------------------------------- tables
@@ -210,6 +399,17 @@ def _pm(mean: float | None, std: float | None, nd: int = 4, signed: bool = False
     return s + (f" ± {std:.{nd}f}" if std is not None else "")
 
 
+def _iv(lo: float | None, hi: float | None, nd: int = 4) -> str:
+    return "-" if lo is None or hi is None else f"[{lo:+.{nd}f}, {hi:+.{nd}f}]"
+
+
+def _verdict(r: Mapping, m: str, note: bool = True) -> str:
+    label = r.get(f"verdict_{m}")
+    if label is None:
+        return "—" if r.get("baseline") else f"- ({r.get('intervals') or 'no interval'})"
+    return f"{label} ({r[f'verdict_{m}_note']})" if note and r.get(f"verdict_{m}_note") else label
+
+
 def _summary_table(summary: Sequence[Mapping]) -> str:
     anyn = next((r.get("bench_batch") for r in summary if r.get("bench_batch")), None)
     header = [
@@ -218,6 +418,9 @@ def _summary_table(summary: Sequence[Mapping]) -> str:
         "mAP50",
         "mAP50-95",
         "Δ mAP50-95",
+        "95% CI (images)",
+        "95% CI (seeds)",
+        "verdict",
         "params (M)",
         "GFLOPs",
         "GFLOPs (Ultralytics)",
@@ -227,12 +430,16 @@ def _summary_table(summary: Sequence[Mapping]) -> str:
         header += [f"latency b{anyn} (ms)", f"peak MB b{anyn}"]
     rows = []
     for r in summary:
+        base = r["baseline"]
         row = [
             r["config"],
             r["seeds"],
             _pm(r["map50"], r["map50_std"]),
             _pm(r["map50_95"], r["map50_95_std"]),
-            "—" if r["baseline"] else _pm(r["d_map50_95"], r["d_map50_95_std"], signed=True),
+            "—" if base else _pm(r["d_map50_95"], r["d_map50_95_std"], signed=True),
+            "—" if base else _iv(r.get("d_map50_95_low"), r.get("d_map50_95_high")),
+            "—" if base else _iv(r.get("d_map50_95_seed_low"), r.get("d_map50_95_seed_high")),
+            _verdict(r, "map50_95", note=False),
             _f(r["params"] / 1e6 if r["params"] is not None else None, 3),
             _g(r["gflops"]),
             _g(r["gflops_ultralytics"]),
@@ -241,11 +448,80 @@ def _summary_table(summary: Sequence[Mapping]) -> str:
         if anyn:
             row += [_f(r.get("latency_ms_bN"), 1), _f(r.get("peak_mb_bN"), 1)]
         rows.append(row)
-    return table(header, rows)
+    return table(header, rows, align="lr" + "r" * 5 + "l" + "r" * (len(header) - 8))
+
+
+def _verdict_table(summary: Sequence[Mapping]) -> str:
+    header = [
+        "config",
+        "metric",
+        "Δ (mean ± std over seeds)",
+        "95% CI (images)",
+        "95% CI (seeds)",
+        "detectable",
+        "limited by",
+        "verdict",
+    ]
+    rows = []
+    for r in summary:
+        if r["baseline"]:
+            continue
+        for m, name in METRICS.items():
+            det = r.get(f"d_{m}_detectable")
+            rows.append(
+                [
+                    r["config"],
+                    name,
+                    _pm(r.get(f"d_{m}"), r.get(f"d_{m}_std"), signed=True),
+                    _iv(r.get(f"d_{m}_low"), r.get(f"d_{m}_high")),
+                    _iv(r.get(f"d_{m}_seed_low"), r.get(f"d_{m}_seed_high")) if r["seeds"] >= 3 else "-",
+                    f"±{det:.4f}" if det is not None else "-",
+                    r.get(f"d_{m}_limited_by") or "-",
+                    _verdict(r, m),
+                ]
+            )
+    return table(header, rows, align="llrrrrll")
+
+
+def _class_table(summary: Sequence[Mapping], top: int = 10) -> str | None:
+    """Per-class AP50-95 changes (image intervals), the ``top`` largest |Δ| per configuration (all when few)."""
+    rows = []
+    for r in summary:
+        cls = sorted(r.get("classes") or [], key=lambda c: -abs(c.ap50_95.delta))
+        for c in cls[:top]:
+            iv = c.ap50_95.interval
+            rows.append(
+                [
+                    r["config"],
+                    c.name if c.name is not None else str(c.cls),
+                    c.n_targets,
+                    _f(c.ap50_95.base),
+                    _f(c.ap50_95.variant),
+                    f"{c.ap50_95.delta:+.4f}",
+                    _iv(iv.low, iv.high),
+                    {1: "higher", -1: "lower", 0: ""}[iv.side],
+                ]
+            )
+    if not rows:
+        return None
+    header = ["config", "class", "boxes", "baseline AP50-95", "variant AP50-95", "Δ", "95% CI (images)", "excludes 0"]
+    return table(header, rows, align="llrrrrrl")
 
 
 def _runs_table(rows: Sequence[Mapping]) -> str:
-    header = ["run", "seed", "status", "mAP50", "mAP50-95", "Δ mAP50-95", "GFLOPs", "GFLOPs (UL)", "wall (s)", "key"]
+    header = [
+        "run",
+        "seed",
+        "status",
+        "mAP50",
+        "mAP50-95",
+        "Δ mAP50-95",
+        "95% CI (images)",
+        "GFLOPs",
+        "GFLOPs (UL)",
+        "wall (s)",
+        "key",
+    ]
     body = []
     for r in rows:
         body.append(
@@ -256,13 +532,79 @@ def _runs_table(rows: Sequence[Mapping]) -> str:
                 _f(_num(r.get("map50"))),
                 _f(_num(r.get("map50_95"))),
                 "—" if r.get("baseline") else (f"{r['d_map50_95']:+.4f}" if r.get("d_map50_95") is not None else "-"),
+                "—" if r.get("baseline") else _iv(r.get("d_map50_95_low"), r.get("d_map50_95_high")),
                 _g(_num(r.get("gflops"))),
                 _g(_num(r.get("gflops_ultralytics"))),
                 _f(_num(r.get("wall_s")), 0),
                 str(r.get("key"))[:8],
             ]
         )
-    return table(header, body, align="lrlrrrrrrl")
+    return table(header, body, align="lrlrrrrrrrl")
+
+
+def _combined_table(sections: Sequence[tuple[str, Sequence[Mapping]]]) -> str | None:
+    """Configurations x datasets: Δ mAP50-95, its image interval and the verdict in each."""
+    cells: dict[str, dict[str, str]] = defaultdict(dict)
+    for label, summary in sections:
+        several = len({r["group"] for r in summary if not r["baseline"]}) > 1
+        for r in summary:
+            if r["baseline"]:
+                continue
+            name = r["config"] + (f" ({_start_label(r['start'])})" if several else "")
+            d = r.get("d_map50_95")
+            cells[name][label] = (
+                f"{_pm(d, None, signed=True)} {_iv(r.get('d_map50_95_low'), r.get('d_map50_95_high'))} "
+                f"{_verdict(r, 'map50_95', note=False)}"
+            )
+    if not cells:
+        return None
+    labels = [label for label, _ in sections]
+    rows = [[name, *(row.get(label, "-") for label in labels)] for name, row in cells.items()]
+    return table(["config", *labels], rows, align="l" * (len(labels) + 1))
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}"}
+
+
+def _tex(s: Any) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(s)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+
+
+def _latex(sections: Sequence[tuple[str, str | None, Sequence[Mapping]]]) -> str:
+    """booktabs tables of the summaries, one per dataset and group."""
+    out = ["% yolo_attn report: summary tables. Needs \\usepackage{booktabs}.", ""]
+    for label, group, summary in sections:
+        caption = f"{label}" + (f", {group}" if group else "")
+        out += [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\begin{tabular}{lrrrlrr}",
+            r"\toprule",
+            r"Model & Seeds & mAP50-95 & $\Delta$ & 95\% CI & Params (M) & GFLOPs \\",
+            r"\midrule",
+        ]
+        for r in summary:
+            if r["baseline"]:
+                delta, iv = "--", "--"
+            else:
+                delta = _tex(_pm(r["d_map50_95"], None, signed=True))
+                lo, hi = r.get("d_map50_95_low"), r.get("d_map50_95_high")
+                iv = f"$[{lo:+.4f}, {hi:+.4f}]$" if lo is not None and hi is not None else "--"
+                iv += f" ({_tex(r.get('verdict_map50_95') or 'n/a')})"
+            params = _f(r["params"] / 1e6 if r["params"] is not None else None, 2)
+            out.append(
+                f"{_tex(r['config'])} & {r['seeds']} & {_tex(_pm(r['map50_95'], r['map50_95_std']))} & {delta} & "
+                f"{iv} & {params} & {_tex(_g(r['gflops']))} \\\\"
+            )
+        out += [
+            r"\bottomrule",
+            r"\end{tabular}",
+            f"\\caption{{{_tex(caption)}: mAP50-95 (mean $\\pm$ std over seeds), change against the same-seed "
+            r"baseline with its 95\% paired-bootstrap interval over validation images, and the verdict.}",
+            r"\end{table}",
+            "",
+        ]
+    return "\n".join(out)
 
 
 _CSV_FIRST = [
@@ -281,6 +623,13 @@ _CSV_FIRST = [
     "precision",
     "recall",
     "d_map50_95",
+    "d_map50_95_low",
+    "d_map50_95_high",
+    "d_map50",
+    "d_map50_low",
+    "d_map50_high",
+    "verdict_map50_95",
+    "verdict_map50",
     "params",
     "gflops",
     "gflops_ultralytics",
@@ -302,19 +651,39 @@ _CSV_FIRST = [
     "started",
     "finished",
 ]
+_CSV_SKIP = {"traceback", "versions", "gflops_by_op", "validation", "transfer", "artifacts"}
 
 
 def _write_csv(rows: Sequence[Mapping], path: Path) -> None:
     cols = list(_CSV_FIRST)
     for r in rows:
         for k, v in r.items():
-            if k not in cols and k not in ("traceback", "versions", "gflops_by_op") and not isinstance(v, dict):
+            if k not in cols and k not in _CSV_SKIP and not isinstance(v, dict):
                 cols.append(k)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items() if k in cols})
+
+
+def _write_summary_csv(sections: Sequence[tuple[str, Sequence[Mapping]]], path: Path) -> None:
+    cols = ["dataset", "group", "config", "baseline", "seeds", "seed_list", "pairs", "n_images"]
+    for k in ("map50", "map50_95"):
+        cols += [k, f"{k}_std"]
+    for m in METRICS:
+        cols += [f"d_{m}", f"d_{m}_std", f"d_{m}_low", f"d_{m}_high", f"d_{m}_seed_low", f"d_{m}_seed_high"]
+        cols += [f"d_{m}_detectable", f"d_{m}_limited_by", f"verdict_{m}", f"verdict_{m}_note"]
+    cols += ["intervals", "params", "gflops", "gflops_ultralytics", "gflops_imgsz", "latency_ms_b1", "data", "train"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for label, summary in sections:
+            for r in summary:
+                row = {"dataset": label, **r, "group": _start_label(r["start"]), "intervals": r.get("intervals")}
+                w.writerow(
+                    {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items() if k in cols}
+                )
 
 
 # --------------------------------------------------------------------------------------------------- plots
@@ -399,21 +768,18 @@ def plot_delta_by_position(summary: Sequence[Mapping], path: Path, title: str = 
         for j, r in enumerate(here):
             fam = r["family"]
             x = i - 0.4 + width * (j + 0.5)
-            vals = r["d_map50_95_all"]
-            lo, hi = min(vals), max(vals)
+            vals, d = r["d_map50_95_all"], r["d_map50_95"]
             label = None if fam in labelled else (fam or "other")
-            ax.bar(x, r["d_map50_95"], width * 0.9, color=colors[fam], alpha=0.75, label=label)
+            ax.bar(x, d, width * 0.9, color=colors[fam], alpha=0.75, label=label)
             labelled.add(fam)
-            if len(vals) > 1:  # spread across seeds: min-max whisker, each seed a dot
-                ax.errorbar(
-                    x,
-                    r["d_map50_95"],
-                    yerr=[[r["d_map50_95"] - lo], [hi - r["d_map50_95"]]],
-                    fmt="none",
-                    ecolor="black",
-                    capsize=3,
-                    lw=1,
-                )
+            # whiskers: the 95% image interval (black) and, from 3 seeds, the 95% seed interval (grey, beside it)
+            for dx, lo, hi, color in (
+                (0.0, r.get("d_map50_95_low"), r.get("d_map50_95_high"), "black"),
+                (width * 0.22, r.get("d_map50_95_seed_low"), r.get("d_map50_95_seed_high"), "#888888"),
+            ):
+                if lo is not None and hi is not None:
+                    yerr = [[max(d - lo, 0.0)], [max(hi - d, 0.0)]]
+                    ax.errorbar(x + dx, d, yerr=yerr, fmt="none", ecolor=color, capsize=3, lw=1.2, zorder=4)
             ax.scatter([x] * len(vals), vals, color="black", s=10, zorder=3)
             if sum(q["family"] == fam for q in here) > 1:  # same family twice here: different args, say which
                 ax.annotate(
@@ -424,7 +790,13 @@ def plot_delta_by_position(summary: Sequence[Mapping], path: Path, title: str = 
     ax.set_xticklabels(positions, rotation=0)
     ax.set_ylabel("Δ mAP50-95 vs baseline (same seed)")
     nseeds = max(r["seeds"] for r in rows)
-    ax.set_title(title or f"change against the baseline per insertion point ({nseeds} seed{'s' * (nseeds > 1)})")
+    whiskers = "bars: mean, dots: seeds, whiskers: 95% CI over images (black)" + (
+        " and seeds (grey)" if any(r.get("d_map50_95_seed_low") is not None for r in rows) else ""
+    )
+    ax.set_title(
+        title or f"change against the baseline per insertion point ({nseeds} seed{'s' * (nseeds > 1)})\n{whiskers}",
+        fontsize=10,
+    )
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="block", fontsize=8)
     fig.tight_layout()
@@ -498,7 +870,42 @@ def _attention_in_baselines(records: Sequence[Mapping]) -> list[str]:
     return lines
 
 
-def _settings_lines(records: Sequence[Mapping]) -> list[str]:
+def _dataset_labels(datas: Sequence[str | None]) -> dict[str | None, str]:
+    """Short distinct names: the shortest tail of each path that tells them apart (``a/shapes.yaml``)."""
+    uniq = list(dict.fromkeys(datas))
+    parts = {d: Path(str(d)).parts or (str(d),) for d in uniq}
+    for k in range(1, max((len(p) for p in parts.values()), default=1) + 1):
+        labels = {d: "/".join(p[-k:]) for d, p in parts.items()}
+        if len(set(labels.values())) == len(labels):
+            return labels
+    return {d: str(d) for d in uniq}
+
+
+def _start_label(start: str | None, names: Mapping[str, str] | None = None) -> str:
+    if not start:
+        return "random init"
+    if start.startswith("run:"):
+        key = start[4:]
+        name = (names or {}).get(key)
+        return f"from run {key[:8]}" + (f" ({name})" if name else "")
+    return f"from {Path(start).name}"
+
+
+def _group_label(summary: Sequence[Mapping], group: str, names: Mapping[str, str]) -> str:
+    """Starting weights, and the training overrides that differ from the dataset's other groups."""
+    mine = next(r for r in summary if r["group"] == group)
+    others = [r["train"] or {} for r in summary if r["group"] != group]
+    train = mine["train"] or {}
+    differ = {k: v for k, v in train.items() if any(o.get(k) != v for o in others)}
+    text = _start_label(mine["start"], names)
+    return text + (", " + " ".join(f"{k}={v}" for k, v in differ.items()) if differ else "")
+
+
+def _slug(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in label.replace(".yaml", "")).strip("_")
+
+
+def _settings_lines(records: Sequence[Mapping], resamples: int, ci: float) -> list[str]:
     done = [r for r in records if r.get("status") == "done"] or list(records)
     first = done[0] if done else {}
     lines = []
@@ -506,9 +913,26 @@ def _settings_lines(records: Sequence[Mapping]) -> list[str]:
     datas = {str(r.get("data")) for r in records}
     lines.append(f"- data: {', '.join(f'`{d}`' for d in sorted(datas))}")
     lines.append(f"- training overrides: {', '.join(f'`{t}`' for t in sorted(trains))}")
-    pre = {r.get("pretrained") for r in records}
-    lines.append(f"- pretrained: {', '.join(str(p) if p else 'none (random init)' for p in pre)}")
-    lines.append(f"- seeds: {sorted({r.get('seed') for r in records})}")
+    pre = dict.fromkeys(_start(r) for r in records)
+    names = {r.get("key"): r.get("name") for r in records}
+    starts = []
+    for p in pre:
+        if p and p.startswith("run:"):
+            src = next((r for r in records if r.get("key") == p[4:]), {})
+            starts.append(f"{_start_label(p, names)}: `{src.get('weights') or '?'}`")
+        else:
+            starts.append(str(p) if p else "none (random init)")
+    lines.append(f"- pretrained: {', '.join(starts)}")
+    lines.append(f"- seeds: {sorted({r.get('seed') for r in records}, key=str)}")
+    lines.append(
+        f"- statistics: {ci:.0%} intervals of the change against the baseline of the same seed, data and starting "
+        f"weights. Images: paired percentile bootstrap over the validation images ({resamples} resamples, both models "
+        "scored on each resample, the difference averaged over the seed pairs), from the per-image matches of each "
+        "run's final validation. Seeds: Student-t over the per-seed differences (from 3 seeds). Verdict: "
+        '"better" / "worse" when both intervals exclude zero on the same side, else "no detectable '
+        'difference"; "detectable" is the half-width of the wider interval (smaller true changes are lost in the '
+        "noise: add images when the images limit it, seeds when the seeds do)"
+    )
     lines += _attention_in_baselines(records)
     if first.get("gflops_imgsz"):
         lines.append(
@@ -532,52 +956,136 @@ def _settings_lines(records: Sequence[Mapping]) -> list[str]:
     return lines
 
 
-def write_report(store: str | Path, out: str | Path | None = None, title: str | None = None) -> dict:
-    """Write ``report.md``, ``results.csv`` and the PNG plots for the store; return their paths.
+def write_report(
+    store: str | Path,
+    out: str | Path | None = None,
+    title: str | None = None,
+    resamples: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Write ``report.md``, ``results.csv``, ``summary.csv``, ``summary.tex`` and the PNG plots; return their paths.
 
     Args:
         store: Sweep output folder or its ``results.jsonl``.
         out: Report folder (default ``<sweep folder>/report``).
         title: Report title.
+        resamples: Bootstrap replicates per comparison.
+        ci: Confidence level of the intervals and verdicts.
+        seed: Seed of the bootstrap resampling (same seed, same intervals).
+
+    Returns:
+        ``markdown``, ``csv``, ``summary_csv``, ``latex`` (paths), ``plots`` (paths), ``summary`` (rows with
+        intervals and verdicts, all datasets).
     """
     path = ResultStore(store).path
-    records = [_flat(r) for r in load_records(path)]
+    recs = load_records(path)
+    records = [_flat(r) for r in recs]
+    matches, notes = load_matches(path.parent, recs)
     out = Path(out) if out else path.parent / "report"
     out.mkdir(parents=True, exist_ok=True)
-    rows = _with_deltas(records)
     summary = summarize(records)
+    compare(summary, matches, resamples=resamples, ci=ci, seed=seed)
+    rows = {r["key"]: r for row in summary for r in row["runs"]}
+    rows = [rows.get(r["key"], r) for r in _with_deltas(records)]  # runs with their intervals, failed ones too
+    for row in summary:
+        for r in row["runs"]:
+            r["config"] = row["config"]
     title = title or f"yolo_attn ablation: {path.parent.name}"
+    names = {r.get("key"): r.get("name") for r in records}
+
+    labels = _dataset_labels([r["data"] for r in summary])
+    by_data: dict[str | None, list[dict]] = defaultdict(list)
+    for r in summary:
+        by_data[r["data"]].append(r)
+    several = len(by_data) > 1
+
+    plots: list[Path] = []
+    md_sections: list[str] = []
+    tex_sections: list[tuple[str, str | None, Sequence[Mapping]]] = []
+    for data, rows_d in by_data.items():
+        label = labels[data]
+        groups = list(dict.fromkeys(r["group"] for r in rows_d))
+        md = [f"## {label}" if several else "## Per configuration", ""]
+        if several:
+            md += [f"Dataset `{data}`.", ""]
+        md.append(
+            "Mean ± standard deviation over seeds; Δ is against the baseline trained with the same seed, data and "
+            "starting weights; 95% intervals of Δ over validation images (paired bootstrap) and over seeds (t, from "
+            "3 seeds)."
+        )
+        md.append("")
+        for g in groups:
+            rg = [r for r in rows_d if r["group"] == g]
+            glabel = _group_label(rows_d, g, names) if len(groups) > 1 else None
+            if glabel:
+                md += [f"### {glabel}", ""]
+            md += [_summary_table(rg), ""]
+            tex_sections.append((label, glabel, rg))
+            if any(not r["baseline"] for r in rg):
+                md += ["Is it better? Verdict per metric, and the smallest difference this sweep could detect:", ""]
+                md += [_verdict_table(rg), ""]
+                ct = _class_table(rg)
+                if ct:
+                    md += [
+                        "Per class (the largest changes of AP50-95 first; intervals over images, not corrected for "
+                        "the number of classes: each excludes zero by chance one time in twenty):",
+                        "",
+                        ct,
+                        "",
+                    ]
+        with_variants = [r for r in rows_d if r["group"] in {q["group"] for q in rows_d if not q["baseline"]}]
+        tag = f"-{_slug(label)}" if several else ""
+        for p in (
+            plot_map_vs_gflops(
+                with_variants or rows_d, out / f"map_vs_gflops{tag}.png", title=label if several else ""
+            ),
+            plot_delta_by_position(rows_d, out / f"delta_by_position{tag}.png"),
+            plot_cost(with_variants or rows_d, out / f"cost{tag}.png", title=label if several else ""),
+        ):
+            if p is not None:
+                plots.append(p)
+                md += [f"![{p.stem}]({p.name})", ""]
+        md_sections.append("\n".join(md))
 
     csv_path = out / "results.csv"
     _write_csv(rows, csv_path)
-    plots = [
-        p
-        for p in (
-            plot_map_vs_gflops(summary, out / "map_vs_gflops.png"),
-            plot_delta_by_position(summary, out / "delta_by_position.png"),
-            plot_cost(summary, out / "cost.png"),
-        )
-        if p is not None
-    ]
+    sections = [(labels[d], rs) for d, rs in by_data.items()]
+    summary_csv = out / "summary.csv"
+    _write_summary_csv(sections, summary_csv)
+    tex_path = out / "summary.tex"
+    tex_path.write_text(_latex(tex_sections))
 
     n_done = sum(r.get("status") == "done" for r in records)
     failed = [r for r in records if r.get("status") != "done"]
     md = [f"# {title}", ""]
     md.append(f"{len(records)} runs in `{path}`: {n_done} done, {len(failed)} failed.")
     md.append("")
-    md += _settings_lines(records)
-    md += ["", "## Per configuration", ""]
-    md.append(
-        "Mean ± standard deviation over seeds; Δ is against the baseline trained with the same seed, data and settings."
-    )
-    md += ["", _summary_table(summary) if summary else "_no finished runs_", ""]
-    for p in plots:
-        md += [f"![{p.stem}]({p.name})", ""]
+    md += _settings_lines(records, resamples, ci)
+    md.append("")
+    md += md_sections if md_sections else ["## Per configuration", "", "_no finished runs_", ""]
+    if several:
+        combined = _combined_table(sections)
+        if combined:
+            md += ["## All datasets: Δ mAP50-95, 95% CI over images, verdict", "", combined, ""]
     md += ["## Per run", "", _runs_table(rows), ""]
+    lacking = [r for r in records if r.get("status") == "done" and r.get("key") not in matches]
+    if lacking or notes:
+        md += ["## Intervals", ""]
+        if lacking:
+            md.append(
+                f"Intervals unavailable for {len(lacking)} run{'s' * (len(lacking) > 1)} without a per-image file "
+                "(written before runs kept their final validation's matches, or the capture failed): "
+                + ", ".join(f"`{r.get('name')}` (seed {r.get('seed')})" for r in lacking)
+                + "."
+            )
+        md += [f"- {n}" for n in notes]
+        md.append("")
     if failed:
         md += ["## Failed runs", ""]
         for r in failed:
-            md.append(f"- `{r.get('name')}` (seed {r.get('seed')}, key {str(r.get('key'))[:8]}): {r.get('error')}")
+            log = f" (log: `{r['log']}`)" if r.get("log") else ""
+            md.append(f"- `{r.get('name')}` (seed {r.get('seed')}, key {str(r.get('key'))[:8]}): {r.get('error')}{log}")
         md.append("")
     odd = [r for r in records if r.get("measure_error") or r.get("fuse_error")]
     if odd:
@@ -587,4 +1095,11 @@ def write_report(store: str | Path, out: str | Path | None = None, title: str | 
         md.append("")
     md_path = out / "report.md"
     md_path.write_text("\n".join(md))
-    return {"markdown": md_path, "csv": csv_path, "plots": plots, "summary": summary}
+    return {
+        "markdown": md_path,
+        "csv": csv_path,
+        "summary_csv": summary_csv,
+        "latex": tex_path,
+        "plots": plots,
+        "summary": summary,
+    }

@@ -4,7 +4,11 @@ Store (``<folder>/results.jsonl``): one JSON line per finished run. Lines are ap
 with a single ``write`` + ``fsync``; a line torn by a crash mid-write is ignored on reading and fenced off by a newline
 before the next append. The latest line of a key wins; :meth:`ResultStore.compact` rewrites the file atomically with
 one line per key. Runs may leave files next to their record in ``<folder>/artifacts/<key>/``
-(:meth:`ResultStore.artifacts_dir`), listed in :attr:`RunRecord.artifacts`.
+(:meth:`ResultStore.artifacts_dir`), listed in :attr:`RunRecord.artifacts` (``matches``: the per-image matches of the
+run's final validation, :class:`yolo_attn.stats.Matches`). :meth:`ResultStore.put_artifacts` is the one writer (each
+file atomically, before the record is appended: a crash in between leaves files without a record, and the run is
+redone); :func:`artifact_bytes` reads a record's files back as bytes, for an executor that ships them from a worker
+machine to its driver.
 
 Reading is tolerant: lines written by earlier versions (flat ``latency_ms_b8`` keys, no ``schema``) load into the same
 :class:`RunRecord`, and keys this version does not know are kept in :attr:`RunRecord.extra` and written back.
@@ -30,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STORE_NAME", "SCHEMA", "RunRecord", "ResultStore", "jsonable"]
+__all__ = ["STORE_NAME", "SCHEMA", "RunRecord", "ResultStore", "artifact_bytes", "jsonable"]
 
 STORE_NAME = "results.jsonl"
 #: Version of the record layout written by :meth:`RunRecord.to_dict` (lines without one are version 1).
@@ -75,15 +79,21 @@ class RunRecord:
         data: Dataset YAML.
         train: Training overrides given to ``model.train``.
         pretrained: Weights transferred before training.
+        pretrained_run: Key of the run that trained ``pretrained`` (a run of the same store), if one did.
         device: Device the run trained on.
         pid: Process that executed the run.
         started: Local start time, ``YYYY-mm-ddTHH:MM:SS``.
         finished: Local end time.
         wall_s: Seconds from start to end (training, validation and measurements).
         train_s: Seconds inside ``model.train``.
+        cpu_s: CPU seconds the executing process spent on the run (all its threads; on a busy machine a better
+            measure of the work than ``wall_s``).
         versions: Versions of everything that can change a result (:func:`yolo_attn.execute.versions`).
         model_yaml: The model YAML trained (the generated variant for insertions).
         save_dir: Ultralytics' run folder.
+        weights: The trained weights the final validation scored (``best.pt``), relative to the store folder when
+            inside it.
+        log: The run's full output (worker processes), relative to the store folder when inside it.
         transfer: Tensor counts of the pretrained transfer (``transferred``, ``new``, ``skipped``).
         epochs: Epochs trained.
         imgsz: Training image size.
@@ -92,6 +102,11 @@ class RunRecord:
         precision: Mean precision.
         recall: Mean recall.
         fitness: Ultralytics' fitness.
+        validation: Where the per-image matches (artifact ``matches``) come from and what they give: ``source``
+            (``"final validation"``: captured while Ultralytics validated ``weights`` at the end of training, the
+            validation whose figures are recorded above; ``"validated again"``: a second validation of ``weights``,
+            e.g. after DDP training), ``n_images``, ``n_predictions``, ``ap_tail``, and ``map50`` / ``map50_95``
+            recomputed from the matches (equal to the recorded ones); or ``error`` when they could not be kept.
         params: Parameter count.
         gflops: GFLOPs counted at ``gflops_imgsz``, attention included (:func:`yolo_attn.flops.count_flops`).
         gflops_ultralytics: Ultralytics' own figure for the fused model at the same size.
@@ -106,7 +121,8 @@ class RunRecord:
         traceback: The failure's traceback (tail).
         measure_error: Why a measurement after training failed (the run still counts as done).
         fuse_error: Why BN fusion failed (latency was then taken unfused).
-        artifacts: Files the run left next to its record: name -> path relative to the store folder.
+        artifacts: Files the run left next to its record: name -> path relative to the store folder
+            (``matches``: the final validation's per-image matches, :class:`yolo_attn.stats.Matches`).
         extra: Keys this version does not know (kept and written back unchanged).
     """
 
@@ -125,6 +141,7 @@ class RunRecord:
     data: str | None = None
     train: dict = field(default_factory=dict)
     pretrained: str | None = None
+    pretrained_run: str | None = None
     # where and when
     device: str | None = None
     pid: int | None = None
@@ -132,10 +149,13 @@ class RunRecord:
     finished: str | None = None
     wall_s: float | None = None
     train_s: float | None = None
+    cpu_s: float | None = None
     versions: dict = field(default_factory=dict)
     # what was trained
     model_yaml: str | None = None
     save_dir: str | None = None
+    weights: str | None = None
+    log: str | None = None
     transfer: dict | None = None
     epochs: int | None = None
     imgsz: int | None = None
@@ -145,6 +165,7 @@ class RunRecord:
     precision: float | None = None
     recall: float | None = None
     fitness: float | None = None
+    validation: dict | None = None
     # cost
     params: int | None = None
     gflops: float | None = None
@@ -209,6 +230,29 @@ class RunRecord:
         return d
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` or what it held before, never a part (temporary file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def artifact_bytes(record: RunRecord, folder: str | os.PathLike) -> dict[str, bytes]:
+    """The files ``record`` lists in :attr:`RunRecord.artifacts`, read from the store folder ``folder``: file name ->
+    bytes, what :meth:`ResultStore.put_artifacts` takes (to ship a run's files from a worker to the driver)."""
+    out = {}
+    for rel in (record.artifacts or {}).values():
+        p = Path(rel) if Path(rel).is_absolute() else Path(folder) / rel
+        out[p.name] = p.read_bytes()
+    return out
+
+
 class ResultStore:
     """Append-only JSONL store of :class:`RunRecord`, safe for several processes appending at once (POSIX ``flock``).
 
@@ -229,6 +273,39 @@ class ResultStore:
     def artifacts_dir(self, key: str) -> Path:
         """``<folder>/artifacts/<key>``: where a run keeps files beside its record (not created here)."""
         return self.folder / "artifacts" / key
+
+    def put_artifacts(self, key: str, files: Mapping[str, bytes | os.PathLike | str]) -> dict[str, str]:
+        """Write a run's files into :meth:`artifacts_dir`, each atomically; return them as :attr:`RunRecord.artifacts`.
+
+        Call it before appending the run's record: a crash in between leaves files without a record, and the run is
+        redone (its files rewritten). This is the one place artifacts are written, whoever executed the run: a remote
+        executor ships the bytes back (:func:`artifact_bytes`) and its driver calls this.
+
+        Args:
+            key: The run's key.
+            files: File name (``matches.npz``) -> its bytes, or a path to copy from.
+
+        Returns:
+            Artifact name (the file name's stem, ``matches``) -> path relative to the store folder.
+        """
+        folder = self.artifacts_dir(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for name, content in files.items():
+            if Path(name).name != name or name.startswith("."):
+                raise ValueError(f"artifact file name {name!r} must be a plain file name (no folders, no leading dot)")
+            data = content if isinstance(content, bytes) else Path(content).read_bytes()
+            _write_atomic(folder / name, data)
+            out[Path(name).stem] = (folder / name).relative_to(self.folder).as_posix()
+        return out
+
+    def artifact_path(self, record: RunRecord, name: str) -> Path | None:
+        """The file of ``record``'s artifact ``name`` in this store, None when the record lists none or it is gone."""
+        rel = (record.artifacts or {}).get(name)
+        if not rel:
+            return None
+        p = Path(rel) if Path(rel).is_absolute() else self.folder / rel
+        return p if p.is_file() else None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

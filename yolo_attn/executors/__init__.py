@@ -57,20 +57,42 @@ def _fmt_s(s: float) -> str:
 
 
 class _Progress:
-    """Index / total / ETA lines, printed through Ultralytics' LOGGER between its training output."""
+    """Index / total / ETA lines, printed through Ultralytics' LOGGER between its training output.
 
-    def __init__(self, plan: Sequence[Run], slots: int, prior_durations: list[float]):
+    The ETA scales by epochs: each pending run is expected to take the mean fixed time (outside ``model.train``) and
+    the mean training seconds per epoch of the runs finished so far (those of earlier sweeps into the same store
+    until one of this sweep finishes) times its epochs; the sum is spread over the executor's slots.
+    """
+
+    def __init__(self, plan: Sequence[Run], slots: int, prior: Sequence[RunRecord]):
         self.index = {r.key: i for i, r in enumerate(plan, 1)}
         self.total, self.slots = len(plan), max(slots, 1)
-        self.durations: list[float] = []
-        self.prior = prior_durations
-        self.left = 0
+        self.done: list[RunRecord] = []
+        self.prior = [r for r in prior if r.ok and r.wall_s]
+        self.pending: dict[str, int | None] = {}  # key -> epochs (None: unknown)
+
+    @property
+    def left(self) -> int:
+        return len(self.pending)
+
+    def expect(self, runs: Sequence[Run]) -> None:
+        """The runs this sweep will execute."""
+        self.pending = {r.key: _epochs(r.train.get("epochs")) for r in runs}
 
     def eta(self) -> str:
-        ds = self.durations or self.prior
-        if not ds or self.left <= 0:
-            return "?" if self.left > 0 else "0m00s"
-        return _fmt_s(sum(ds) / len(ds) * self.left / self.slots)
+        recs = [r for r in self.done if r.wall_s] or self.prior
+        if not self.pending:
+            return "0m00s"
+        if not recs:
+            return "?"
+        # a run takes its fixed part (set-up, final validation, measurements) plus training time per epoch
+        timed = [r for r in recs if r.epochs and r.train_s is not None]
+        mean = sum(r.wall_s for r in recs) / len(recs)
+        if timed:
+            rate = sum(r.train_s / r.epochs for r in timed) / len(timed)
+            fixed = sum(max(r.wall_s - r.train_s, 0.0) for r in timed) / len(timed)
+        total = sum(fixed + rate * e if timed and e is not None else mean for e in self.pending.values())
+        return _fmt_s(total / self.slots)
 
     def say(self, msg: str) -> None:
         from yolo_attn._compat import LOGGER as UL_LOGGER  # has a handler and honours YOLO_VERBOSE
@@ -81,8 +103,8 @@ class _Progress:
         self.say(f"[{self.index[run.key]}/{self.total}] {run.name} (seed {run.seed}) on {device} | ETA {self.eta()}")
 
     def finished(self, rec: RunRecord) -> None:
-        self.left -= 1
-        self.durations.append(rec.wall_s or 0.0)
+        self.pending.pop(rec.key, None)
+        self.done.append(rec)
         if rec.ok:
             gflops = rec.gflops if rec.gflops is not None else float("nan")
             m = rec.map50_95 if rec.map50_95 is not None else float("nan")
@@ -91,6 +113,10 @@ class _Progress:
             what = f"FAILED after {_fmt_s(rec.wall_s or 0)}: {rec.error or '?'}"
         i = self.index.get(rec.key, "?")
         self.say(f"[{i}/{self.total}] {rec.name} (seed {rec.seed}) {what} | {self.left} left, ETA {self.eta()}")
+
+
+def _epochs(v: object) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None
 
 
 def _devices(devices: Sequence[str] | str | None) -> list[str]:
@@ -129,6 +155,7 @@ def run_sweep(
     settings: Measure | Mapping | None = None,
     max_runs: int | None = None,
     executor: Executor | None = None,
+    title: str | None = None,
 ) -> list[RunRecord]:
     """Execute every run of ``plan`` that has no record in ``<out>/results.jsonl`` yet; return the plan's records.
 
@@ -141,6 +168,7 @@ def run_sweep(
         settings: Measurement settings (:class:`yolo_attn.execute.Measure` or some of its fields).
         max_runs: Execute at most this many runs in this call (the rest stay pending for the next call).
         executor: What executes the runs (default: :func:`yolo_attn.executors.local.local_executor` of ``devices``).
+        title: What the first progress line calls this sweep (default: ``sweep <out>``).
 
     Returns:
         The store's record for each planned run that has one, in plan order.
@@ -154,7 +182,7 @@ def run_sweep(
     have = store.records()
     if store.bad_lines:
         LOGGER.warning("%s: ignored %d torn/unreadable line(s)", store.path, store.bad_lines)
-    prog = _Progress(plan, getattr(executor, "slots", 1), [r.wall_s or 0.0 for r in have.values() if r.ok])
+    prog = _Progress(plan, getattr(executor, "slots", 1), list(have.values()))
     pending = []
     for run in plan:
         r = have.get(run.key)
@@ -163,12 +191,13 @@ def run_sweep(
             continue
         pending.append(run)
     pending = pending[:max_runs] if max_runs is not None else pending
-    prog.left = len(pending)
+    prog.expect(pending)
+    what = f"{title}: " if title else f"sweep {out}: "
     if not pending:
-        prog.say(f"sweep {out}: all {prog.total} runs have records")
+        prog.say(f"{what}all {prog.total} runs have records")
     else:
         where = getattr(executor, "where", type(executor).__name__)
-        prog.say(f"sweep {out}: {len(pending)} of {prog.total} runs to execute on {where}")
+        prog.say(f"{what}{len(pending)} of {prog.total} runs to execute on {where} | ETA {prog.eta()}")
 
         def started(run: Run, device: str) -> None:
             _mark(out, run, device)

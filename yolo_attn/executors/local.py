@@ -142,6 +142,7 @@ class Processes:
             tail = job.log.read_text()[-2000:] if job.log.is_file() else ""
             error = f"worker process exited with code {job.proc.returncode} without a record"
             rec = failed_record(job.run, job.device, error, tail, time.time() - job.t0)
+        rec.log = f"logs/{job.log.name}"  # relative to the store folder (the log lies in <out>/logs/)
         return rec
 
     def __call__(self, runs: Sequence[Run], ctx: Context) -> Iterator[RunRecord]:
