@@ -16,9 +16,11 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,7 @@ __all__ = [
     "ap_tail",
     "cfg_models_root",
     "check",
+    "cpu_threads",
     "get_flops",
     "guess_model_task",
     "load_checkpoint",
@@ -196,6 +199,31 @@ def unwrap(model: Any) -> torch.nn.Module:
     raise TypeError(f"expected an nn.Module or an Ultralytics YOLO object, got {type(model).__name__}")
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """torch's CPU threads at ``n`` inside the block, also through Ultralytics' ``select_device``.
+
+    ``select_device`` sets ``torch.set_num_threads(NUM_THREADS)`` for CPU training, ``NUM_THREADS`` being
+    min(8, the machine's CPUs - 1) whatever share of the machine the process was given (a Ray task's CPUs): the
+    module's copy of that constant is set to ``n`` too, and both are restored on leaving.
+    """
+    import torch
+
+    if n < 1:
+        raise ValueError(f"cpu_threads needs n >= 1, got {n}")
+    tu = importlib.import_module("ultralytics.utils.torch_utils")
+    if not hasattr(tu, "NUM_THREADS"):
+        raise _missing("ultralytics.utils.torch_utils.NUM_THREADS", "not found")
+    before = tu.NUM_THREADS, torch.get_num_threads()
+    tu.NUM_THREADS = n
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        tu.NUM_THREADS = before[0]
+        torch.set_num_threads(before[1])
+
+
 def cfg_models_root() -> Path:
     """The ``cfg/models`` folder of the installed Ultralytics (its model YAMLs: ``v8/yolov8.yaml``...)."""
     spec = importlib.util.find_spec("ultralytics")
@@ -220,6 +248,8 @@ def check() -> list[str]:
     tasks = importlib.import_module("ultralytics.nn.tasks")
     if not any(hasattr(tasks, n) for n in _CHECKPOINT_LOADERS):
         problems.append(f"checkpoint loader: none of {', '.join(_CHECKPOINT_LOADERS)} in ultralytics.nn.tasks")
+    if not hasattr(importlib.import_module("ultralytics.utils.torch_utils"), "NUM_THREADS"):
+        problems.append("NUM_THREADS (cpu_threads): not in ultralytics.utils.torch_utils")
     root = cfg_models_root()
     if not (root / "v8" / "yolov8.yaml").is_file():
         problems.append(f"model YAMLs: {root}/v8/yolov8.yaml not found")

@@ -8,6 +8,7 @@ Shell examples::
     yolo-attn demo                                   # the README's main job (generated data, CPU, ~10 min)
     yolo-attn ablate --data shapes.yaml --blocks bot dat --positions sppf_before neck --seeds 0 1 2 epochs=3 imgsz=128
     yolo-attn ablate --data a.yaml b.yaml --blocks dat epochs=3   # every configuration on each dataset
+    yolo-attn ablate --data /shared/shapes.yaml --ray auto --gpus-per-run 1 epochs=3   # the same plan on a Ray cluster
     yolo-attn report out/ablate                      # tables with 95% intervals and verdicts, CSV, LaTeX, plots
     yolo-attn flops cfg/yolov8-dat-sppf_before.yaml --imgsz 640
     yolo-attn insert yolov8.yaml dat sppf_before -o my-variant.yaml
@@ -105,7 +106,28 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
             print(f"{i:3d}/{len(plan)} {r.key} {r.name} seed={r.seed}{' (baseline)' if r.baseline else ''}")
         return 0
     devices = [d for chunk in a.devices for d in chunk.split(";") if d] if a.devices else None
-    recs = run_sweep(plan, a.out, devices=devices, retry_failed=a.retry_failed, settings=_measure(a))
+    executor, cluster_errors = None, ()
+    if a.ray is not None:
+        if devices:
+            raise ValueError("--devices is for this machine's devices; with --ray give --gpus-per-run / --cpus-per-run")
+        from yolo_attn.executors.ray import RayEnvironmentError, RayExecutor
+
+        executor = RayExecutor(
+            a.ray or None,
+            cpus_per_run=a.cpus_per_run,
+            gpus_per_run=a.gpus_per_run,
+            retries=a.ray_retries,
+            weights=a.ray_weights,
+            ship_package=a.ray_ship_package,
+        )
+        cluster_errors = (ImportError, RayEnvironmentError)
+    try:
+        recs = run_sweep(
+            plan, a.out, devices=devices, retry_failed=a.retry_failed, settings=_measure(a), executor=executor
+        )
+    except cluster_errors as e:  # no Ray, or a node that cannot run the sweep: the message says what to do
+        print(f"yolo-attn ablate: error: {e}", file=sys.stderr)
+        return 2
     failed = [r for r in recs if not r.ok]
     print(
         f"{len(recs) - len(failed)}/{len(plan)} runs done, {len(failed)} failed; store: {Path(a.out) / 'results.jsonl'}"
@@ -248,6 +270,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-baseline", action="store_true", help="leave the unmodified base out")
     s.add_argument("--devices", nargs="+", default=None, help="one run per device at a time: cpu | 0 | 0 1 | cpu cpu")
     s.add_argument("--retry-failed", action="store_true", help="redo runs recorded as failed")
+    g = s.add_argument_group("on a Ray cluster (pip install 'yolo-attn[ray]')")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run each run as a Ray task: auto | host:6379 | ray://host:10001; no ADDRESS: RAY_ADDRESS, a cluster "
+        "started on this machine, else a local one",
+    )
+    g.add_argument("--cpus-per-run", type=float, default=1, help="CPUs Ray reserves per run (its torch threads)")
+    g.add_argument("--gpus-per-run", type=float, default=None, help="GPUs per run (default: 1 if the cluster has any)")
+    g.add_argument("--ray-retries", type=int, default=2, help="restarts of a run whose worker or node died")
+    g.add_argument("--ray-weights", action="store_true", help="bring each run's best.pt back too")
+    g.add_argument(
+        "--ray-ship-package", action="store_true", help="send this yolo_attn to the nodes (runtime_env py_modules)"
+    )
     s.add_argument("--plan-only", action="store_true", help="print the plan (keys, names) and exit")
     s.add_argument("--report", action="store_true", help="write the report when the sweep ends")
     s.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates of the report's intervals")

@@ -2,7 +2,7 @@
 
 The driver owns the store (``<out>/results.jsonl``, :class:`yolo_attn.store.ResultStore`): it skips runs that have a
 record, gives the others to an executor (:mod:`yolo_attn.executors.base` says what an executor is;
-:mod:`yolo_attn.executors.local` has this machine's), appends each record the executor yields, and logs progress
+:mod:`yolo_attn.executors.local` has this machine's, :mod:`yolo_attn.executors.ray` a Ray cluster's), appends each record the executor yields, and logs progress
 lines with an ETA. A run is recorded only when it has finished, so:
 
 - re-running the same plan skips every key already in the store (``retry_failed=True`` redoes failed ones; the store
@@ -182,7 +182,7 @@ def run_sweep(
     have = store.records()
     if store.bad_lines:
         LOGGER.warning("%s: ignored %d torn/unreadable line(s)", store.path, store.bad_lines)
-    prog = _Progress(plan, getattr(executor, "slots", 1), list(have.values()))
+    prog = _Progress(plan, 1, list(have.values()))
     pending = []
     for run in plan:
         r = have.get(run.key)
@@ -196,6 +196,8 @@ def run_sweep(
     if not pending:
         prog.say(f"{what}all {prog.total} runs have records")
     else:
+        # read only now: a cluster executor connects to learn them, which a store with nothing to do must not start
+        prog.slots = max(getattr(executor, "slots", 1), 1)
         where = getattr(executor, "where", type(executor).__name__)
         prog.say(f"{what}{len(pending)} of {prog.total} runs to execute on {where} | ETA {prog.eta()}")
 
