@@ -97,11 +97,14 @@ def grid_sample_gather(
     border = padding_mode == "border"
     x0, x1, wx0, wx1 = _corners(_unnormalise(g[..., 0], w, align_corners), w, border)  # N, L each
     y0, y1, wy0, wy1 = _corners(_unnormalise(g[..., 1], h, align_corners), h, border)
-    # Rows of the channels-last input, (N*H*W, C): one plain gather of whole C-vectors per corner
-    base = torch.arange(n, device=input.device)[:, None] * (h * w)  # N, 1: offset of each image
-    idx = torch.stack((y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1), dim=-1) + base[..., None]  # N, L, 4
-    wts = torch.stack((wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1), dim=-1)  # N, L, 4
+    # Rows of the channels-last input, (N*H*W, C): each corner is one plain gather of whole C-vectors (ONNX Gather,
+    # TFLite GATHER), weighted and accumulated one corner at a time (a stacked (N, L, 4, C) sum is several times
+    # slower on CPU when C is small, as for DAT's bias tables)
     rows = input.to(ct).permute(0, 2, 3, 1).reshape(-1, c)  # N*H*W, C
-    vals = rows.index_select(0, idx.reshape(-1)).reshape(n, -1, 4, c)  # N, L, 4, C
-    out = (vals * wts[..., None]).sum(2)  # N, L, C
+    base = torch.arange(n, device=input.device)[:, None] * (h * w)  # N, 1: offset of each image
+
+    def corner(iy: torch.Tensor, ix: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return rows.index_select(0, (iy * w + ix + base).reshape(-1)) * weight.reshape(-1, 1)  # N*L, C
+
+    out = corner(y0, x0, wy0 * wx0) + corner(y0, x1, wy0 * wx1) + corner(y1, x0, wy1 * wx0) + corner(y1, x1, wy1 * wx1)
     return out.reshape(n, ho, wo, c).permute(0, 3, 1, 2).to(input.dtype)
