@@ -23,7 +23,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from functools import partial
@@ -134,10 +133,6 @@ def cases(device: str | torch.device = "cpu") -> list[BenchCase]:
     return rows
 
 
-def _as_dict(case: BenchCase) -> dict:
-    return {f.name: getattr(case, f.name) for f in dataclasses.fields(case) if getattr(case, f.name) is not None}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda, 0, ... (default cpu)")
@@ -159,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(c.name for c in rows))
         return 0
     table = bench_table(
-        [_as_dict(c) for c in rows],
+        rows,
         backward=not a.forward_only,
         warmup=a.warmup,
         iters=a.iters,
