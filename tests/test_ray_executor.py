@@ -44,7 +44,18 @@ pytestmark = [
 TRAIN = {"epochs": 1, "imgsz": 32, "batch": 4, "workers": 0, "warmup_epochs": 0}
 FAST = {"flops_imgsz": 64, "bench_imgsz": 32, "bench_batch": 2, "bench_iters": 1, "bench_warmup": 0}
 # Fields that say when, where and how fast, not what a run gave
-VOLATILE = {"pid", "started", "finished", "wall_s", "train_s", "latency_ms", "peak_mb", "save_dir", "model_yaml"}
+VOLATILE = {
+    "pid",
+    "started",
+    "finished",
+    "wall_s",
+    "train_s",
+    "cpu_s",
+    "latency_ms",
+    "peak_mb",
+    "save_dir",
+    "model_yaml",
+}
 CPUS = 2
 
 

@@ -94,7 +94,9 @@ def test_ablate_sweeps_a_yolo26_base_with_pretrained_weights(registered, shapes_
     assert rec.status == "done", rec.error
     assert rec.name == "yolo26n-dat-neck" and rec.inserted == [17, 21, 25]
     n_ckpt = len(torch.load(ckpt, weights_only=False)["model"].state_dict())
-    assert rec.transfer["transferred"] == n_ckpt and rec.transfer["skipped"] == 0
+    # counted on the model the trainer trains, built for the dataset's 3 classes: the class convolutions of both heads
+    # (one-to-many and one-to-one, 3 levels, weight and bias: 12 tensors) are sized by the classes; all else arrives
+    assert rec.transfer["transferred"] == n_ckpt - 12 and rec.transfer["skipped"] == 12, rec.transfer
 
 
 def test_rectangular_and_odd_inputs(registered):

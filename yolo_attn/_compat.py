@@ -53,6 +53,7 @@ __all__ = [
     "model_class",
     "model_class_for",
     "smart_value",
+    "trainer_state",
     "unwrap",
     "version",
     "warn",
@@ -222,6 +223,19 @@ def cpu_threads(n: int) -> Iterator[None]:
     finally:
         tu.NUM_THREADS = before[0]
         torch.set_num_threads(before[1])
+
+
+def trainer_state(trainer: Any) -> dict:
+    """What a callback reads from an Ultralytics trainer: ``amp`` (kept on?), ``loss`` (this batch's, a tensor or
+    None), ``epoch`` (0-based) and ``n_train_images``; missing attributes read as None."""
+    loader = getattr(trainer, "train_loader", None)
+    dataset = getattr(loader, "dataset", None)
+    return {
+        "amp": getattr(trainer, "amp", None),
+        "loss": getattr(trainer, "loss", None),
+        "epoch": getattr(trainer, "epoch", None),
+        "n_train_images": len(dataset) if dataset is not None else None,
+    }
 
 
 def cfg_models_root() -> Path:

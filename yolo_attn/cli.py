@@ -11,6 +11,7 @@ Shell examples::
     yolo-attn ablate --data /shared/shapes.yaml --ray auto --gpus-per-run 1 epochs=3   # the same plan on a Ray cluster
     yolo-attn report out/ablate                      # tables with 95% intervals and verdicts, CSV, LaTeX, plots
     yolo-attn flops cfg/yolov8-dat-sppf_before.yaml --imgsz 640
+    yolo-attn gpu-check --device 0                   # scripts/gpu_check.sh: the prepared GPU check
     yolo-attn insert yolov8.yaml dat sppf_before -o my-variant.yaml
 
 Examples:
@@ -50,6 +51,15 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 1 if any("error" in r for r in rows) else 0
+
+
+# --------------------------------------------------------------------------------------------------- gpu-check
+def _cmd_gpu_check(a: argparse.Namespace) -> int:
+    from yolo_attn.gpu_check import gpu_check
+
+    result = gpu_check(a.device, quick=a.quick, out=a.out, tests=a.tests)
+    print((Path(a.out) / "summary.md").read_text())
+    return 0 if result["ok"] else 1
 
 
 # --------------------------------------------------------------------------------------------------- flops
@@ -333,6 +343,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-flops", action="store_true", help="skip the GFLOPs column")
     b.add_argument("--json", default=None, help="also write the rows to this JSON file")
     b.set_defaults(func=_cmd_bench)
+
+    c = sub.add_parser("gpu-check", help="the prepared GPU check: AMP training, bf16 block speed, training cost")
+    c.add_argument("--device", default="0", help="Ultralytics device (default 0); cpu with --quick runs it on CPU")
+    c.add_argument("--quick", action="store_true", help="small sizes, fewer steps (the test suite's CPU run)")
+    c.add_argument("--out", default="out/gpu", help="folder of summary.json / summary.md (default out/gpu)")
+    c.add_argument("--tests", default=None, help="tests folder for the gpu-marked tests (default: the checkout's)")
+    c.set_defaults(func=_cmd_gpu_check)
 
     f = sub.add_parser("flops", help="GFLOPs at the real size (attention included) next to Ultralytics' figure")
     f.add_argument("model", nargs="+", help="model YAMLs or .pt files")
