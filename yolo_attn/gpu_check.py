@@ -45,11 +45,20 @@ from yolo_attn import registry
 from yolo_attn.bench import resolve_device
 from yolo_attn.markdown import table
 
-__all__ = ["HEADLINE", "BASELINES", "Settings", "gpu_check", "write_summary"]
+__all__ = ["BASELINES", "headline", "Settings", "gpu_check", "write_summary"]
 
-#: The configs users start from, per base: the base (a baseline), its headline cfgs and their sppf_before twins.
+#: The bases users start from: the prefix of their headline cfgs in ``cfg/`` -> the baseline (Ultralytics' YAML).
 BASELINES = {"yolov8": "yolov8n.yaml", "yolov11": "yolo11n.yaml"}
-HEADLINE = [f"{base}-{fam}" for base in BASELINES for fam in ("bot", "dat", "coat")]
+_CFG = Path(__file__).resolve().parent.parent / "cfg"
+
+
+def headline() -> list[str]:
+    """``<base>-<family>`` for every registered family whose headline cfg exists in ``cfg/`` (both bases)."""
+    from yolo_attn import integration
+
+    integration.register()
+    return [f"{b}-{f}" for b in BASELINES for f in registry.families() if (_CFG / f"{b}-{f}.yaml").is_file()]
+
 
 #: Channels of P3/P4/P5 at width multiple 1.0 / yolov8n (0.25) and yolov8s (0.5) take a quarter / half.
 _WIDTHS = {"yolov8n": {3: 64, 4: 128, 5: 256}, "yolov8s": {3: 128, 4: 256, 5: 512}}
@@ -73,7 +82,8 @@ class Settings:
 
     @classmethod
     def make(cls, device: str = "0", quick: bool = False) -> Settings:
-        twins = () if quick else tuple(f"{c}-sppf_before" for c in HEADLINE)
+        cfgs = headline()
+        twins = () if quick else tuple(f"{c}-sppf_before" for c in cfgs if (_CFG / f"{c}-sppf_before.yaml").is_file())
         return cls(
             device=str(device),
             quick=quick,
@@ -85,7 +95,7 @@ class Settings:
             bench_imgsz=128 if quick else 640,
             bench_batch=2 if quick else 16,
             bench_iters=1 if quick else 10,
-            cfgs=tuple(HEADLINE) + twins,
+            cfgs=tuple(cfgs) + twins,
         )
 
 
@@ -129,10 +139,7 @@ def _tempdir() -> Iterator[str]:
 # ------------------------------------------------------------------------------------------------ 2. + 4. training
 def _cfg_path(name: str) -> str:
     """``yolov8-bot`` -> the package's cfg file; a baseline name is Ultralytics' own YAML."""
-    if name.endswith(".yaml"):
-        return name
-    root = Path(__file__).resolve().parent.parent / "cfg"
-    return str(root / f"{name}.yaml")
+    return name if name.endswith(".yaml") else str(_CFG / f"{name}.yaml")
 
 
 def train_one(name: str, data: str, s: Settings, out: Path) -> dict:
