@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command. Works on a fresh machine with Python 3.9+ and pip:
-#   1. creates .venv (first run downloads torch & co, a few minutes) and installs yolo_attn editable with [dev,ray];
+#   1. creates .venv (first run downloads torch & co, a few minutes) and installs yolo_attn editable with [dev,ray,export];
 #   2. runs ruff (lint and format check) and the test suite: tests/ and the docstring examples of yolo_attn/ (fast
 #      tests; `-m slow` ones need minutes or ../shared/data and are skipped by default);
 #   3. runs the suite again, less the Ray executor's tests, against the OLDEST supported Ultralytics (8.3.65), installed

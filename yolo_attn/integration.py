@@ -23,6 +23,9 @@ What it does to ``ultralytics.nn.tasks`` (all reversible by :func:`unregister`, 
 6. Adds our classes (and the timm layers they hold) to ``torch.serialization``'s safe globals, so checkpoints load
    under ``ULTRALYTICS_SAFE_LOAD=1``.
 7. Restores numpy's ``trapz`` alias where numpy >= 2.4 dropped it, which Ultralytics 8.3.x's metrics still call.
+8. Wraps ``Exporter.__call__`` so the format rules of :mod:`yolo_attn.export` run before any converter: DAT layers
+   take the gather sampler for formats without a reliable ``GridSample`` (restored afterwards), and a format that
+   cannot take a block is refused with a ``ValueError`` naming the format, the row and the alternative.
 
 After patching, a one-row probe model is built and checked; if the semantics did not take effect (a future
 Ultralytics changed ``parse_model``), everything is undone and :class:`IntegrationError` names the version.
@@ -33,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import inspect
 import logging
 import os
@@ -457,6 +461,7 @@ def register(verbose: bool = False) -> None:
             if fresh:
                 _probe(tasks)
                 install_transfer_hook()
+                _install_export_hook()
                 _numpy_trapz_shim()
         except Exception:
             unregister()
@@ -501,6 +506,7 @@ def unregister() -> None:
         else:  # someone chained on top of us: stay in the chain as a pass-through
             hook.active = False
         uninstall_transfer_hook()
+        _uninstall_export_hook()
         for attr in ("parse_model", "check_yaml"):
             if getattr(getattr(tasks, attr), "_yolo_attn_orig", None) is orig[attr]:
                 setattr(tasks, attr, orig[attr])
@@ -571,3 +577,85 @@ def uninstall_transfer_hook() -> None:
 
 def transfer_hook_installed() -> bool:
     return _TRANSFER["active"] and getattr(_base_model().__dict__["load"], "_yolo_attn_orig", None) is not None
+
+
+# --- export: the format rules run before Ultralytics converts anything -------------------------------------------
+# ``Exporter.__call__(model)`` is where every export starts (``model.export(...)``, ``yolo export``), on 8.3.65 and
+# 8.4 alike, with ``self.args.format`` and ``self.args.opset`` as the user gave them.
+_EXPORTER = "ultralytics.engine.exporter"
+
+
+def _exporter_class():
+    return importlib.import_module(_EXPORTER).Exporter
+
+
+class _AfterImport:
+    """One-shot meta-path finder: runs ``callback(module)`` right after module ``name`` has executed.
+
+    The exporter is imported lazily by ``Model.export``; importing it ourselves while ``ultralytics`` is still
+    initialising (the start-up hook registers from inside that import) fails on 8.3.65 with a circular import.
+    """
+
+    def __init__(self, name: str, callback):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def exec_then_patch(module):
+            exec_module(module)
+            self.callback(module)
+
+        try:
+            loader.exec_module = exec_then_patch  # this loader instance serves this one import only
+        except Exception:  # a loader that does not take attributes: that import is left unpatched
+            return spec
+        return spec
+
+
+def _install_export_hook() -> None:
+    """Wrap ``Exporter.__call__`` now if the exporter is imported, else as soon as it is (idempotent)."""
+    mod = sys.modules.get(_EXPORTER)
+    if mod is None:
+        if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _AfterImport(_EXPORTER, _wrap_exporter))
+        return
+    _wrap_exporter(mod)
+
+
+def _wrap_exporter(mod) -> None:
+    cls = getattr(mod, "Exporter", None)
+    current = getattr(cls, "__dict__", {}).get("__call__")
+    if current is None or getattr(current, "_yolo_attn_orig", None) is not None or not _STATE["installed"]:
+        return
+
+    @functools.wraps(current)
+    def __call__(self, model=None, *args, **kwargs):
+        from yolo_attn.export import prepared_for_export
+
+        target = model if model is not None else getattr(self, "model", None)
+        if target is None:
+            return current(self, model, *args, **kwargs)
+        fmt = str(getattr(self.args, "format", "") or "")
+        with prepared_for_export(target, fmt, getattr(self.args, "opset", None)):
+            return current(self, model, *args, **kwargs)
+
+    __call__._yolo_attn_orig = current
+    cls.__call__ = __call__
+
+
+def _uninstall_export_hook() -> None:
+    """Restore ``Exporter.__call__`` (or drop the pending hook)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _AfterImport)]
+    cls = getattr(sys.modules.get(_EXPORTER), "Exporter", None)
+    orig = getattr(getattr(cls, "__dict__", {}).get("__call__"), "_yolo_attn_orig", None)
+    if orig is not None:
+        cls.__call__ = orig

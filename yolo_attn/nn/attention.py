@@ -43,6 +43,7 @@ to the input dtype; the fused path hands SDPA the bias in the query dtype (its k
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Sequence
 
 import torch
@@ -53,6 +54,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from yolo_attn.nn.common import check_choice
+from yolo_attn.nn.sampling import bilinear_sample
 
 __all__ = [
     "ATTN_IMPLS",
@@ -87,6 +89,9 @@ CHUNK_ELEMS: int | None = None
 #: CPU, fwd+bwd: below it (every block at P5 of a 640 input, DAT at P4 too) one fused call beats the chunk loop.
 AUTO_CHUNK_ELEMS = 1 << 23
 
+#: Lowest ONNX opset torch exports ``scaled_dot_product_attention`` at; lower opsets get the plain twin.
+SDPA_MIN_OPSET = 14
+
 #: Widest head dimension of CUDA's flash kernels: a low-rank bias is folded into q and k only below it.
 KEYAUG_MAX_DIM = 256
 
@@ -117,6 +122,19 @@ def is_exporting() -> bool:
     return bool(fx_tracing is not None and fx_tracing())
 
 
+def _onnx_export_opset() -> int | None:
+    """Opset of a TorchScript-based ``torch.onnx.export`` in progress, ``None`` when not exporting that way."""
+    if not torch.onnx.is_in_onnx_export():
+        return None
+    for name in ("torch.onnx._internal.torchscript_exporter._globals", "torch.onnx._globals"):  # torch >= 2.6, older
+        try:
+            g = importlib.import_module(name).GLOBALS
+        except (ImportError, AttributeError):
+            continue
+        return g.export_onnx_opset_version if getattr(g, "in_onnx_export", True) else None
+    return None
+
+
 def check_impl(block: str, impl: str) -> str:
     """``impl`` if it is one of :data:`ATTN_IMPLS`, else a ValueError naming ``block``."""
     return check_choice(block, "attn_impl", impl, ATTN_IMPLS)
@@ -127,7 +145,8 @@ def resolve_impl(
 ) -> str:
     """The implementation :func:`attend` runs for ``impl`` (``"auto"`` resolved).
 
-    ``"plain"`` always runs the twin. While :func:`is_exporting`, everything else runs ``"fused"`` with a dense bias.
+    ``"plain"`` always runs the twin. While :func:`is_exporting`, everything else runs ``"fused"`` with a dense bias
+    (``"plain"`` in an ONNX export below opset 14, which has no ``scaled_dot_product_attention``).
     ``"auto"`` runs ``"chunked"`` on CPU when there is a position bias and the ``B x heads x N x M`` logits exceed
     :data:`AUTO_CHUNK_ELEMS` (``logits``; None counts as large): PyTorch's fused CPU kernel takes no gradient for a
     mask and falls back to holding several such tensors, while below that size one fused call costs less than the
@@ -140,8 +159,9 @@ def resolve_impl(
     check_impl("attention", impl)
     if impl == "plain":
         return "plain"
-    if is_exporting():
-        return "fused"
+    if is_exporting():  # ONNX has SDPA's pattern (Attention folding) only from opset 14: below, the plain twin
+        opset = _onnx_export_opset()
+        return "plain" if opset is not None and opset < SDPA_MIN_OPSET else "fused"
     if impl == "auto":
         large = logits is None or logits > AUTO_CHUNK_ELEMS
         return "chunked" if has_bias and large and torch.device(device).type == "cpu" else "fused"
@@ -569,7 +589,8 @@ class _CoAtChunks(BiasChunks):
 class DATRelPos(RelPosBias):
     """DAT's relative position bias, a function of the key-minus-query displacement in feature pixels.
 
-    Deformed keys sit off the pixel grid, so the table is read bilinearly (``grid_sample``, fp32). Displacements are
+    Deformed keys sit off the pixel grid, so the table is read bilinearly (``grid_sample`` or its gather twin,
+    ``sampler``; fp32). Displacements are
     in pixels (``normalised * size / 2``) and scaled so that +-R pixels land on the table's edges
     (``align_corners=True``); border padding clips longer ones. ``kind="table"`` is the paper's per-head
     ``(2R + 1)^2`` table read at ``N x N_s`` points; ``kind="axial"`` (not in the paper) a row table plus a column
@@ -590,6 +611,10 @@ class DATRelPos(RelPosBias):
         >>> pos(None, (6, 5), keys).dense().shape
         torch.Size([2, 4, 30, 9])
     """
+
+    #: How the tables are read, one of :data:`~yolo_attn.nn.sampling.SAMPLERS`; the owning ``DAttention`` sets it
+    #: (a class-level default, so pickles made before the switch have it).
+    sampler: str = "grid_sample"
 
     def __init__(self, num_heads: int, groups: int = 1, max_rel: int = 32, kind: str = "table"):
         super().__init__()
@@ -630,9 +655,7 @@ class DATRelPos(RelPosBias):
             qyy = (qy[:, None] + torch.zeros_like(qx)[None, :]).flatten()  # c, row-major like the queries
             qxx = (torch.zeros_like(qy)[:, None] + qx[None, :]).flatten()
             grid = pts[:, None] - torch.stack((qxx, qyy), dim=-1)[:, None]  # B*G, c, Ns, 2
-            bias = F.grid_sample(
-                self._group_tables(table, grid), grid, mode="bilinear", padding_mode="border", align_corners=True
-            )  # B*G, h/G, c, Ns
+            bias = bilinear_sample(self._group_tables(table, grid), grid, True, self.sampler)  # B*G, h/G, c, Ns
             return self._heads(bias)
         bias_h, bias_w, pts, qy, qx = factors
         qy = qy if rows is None else qy[rows]
@@ -644,7 +667,7 @@ class DATRelPos(RelPosBias):
         """Linear read of ``table`` (heads, T) at ``coords`` (B*G, L, Ns), in [-1, 1] table units: (B*G, h/G, L, Ns)."""
         grid = torch.stack((coords, torch.zeros_like(coords)), dim=-1)  # x = table index, y = 0
         table = self._group_tables(table[:, None, :], coords)  # B*G, h/G, 1, T
-        return F.grid_sample(table, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return bilinear_sample(table, grid, True, self.sampler)
 
 
 # ----------------------------------------------------------------------------------------------------- attention

@@ -31,22 +31,26 @@ reference points, one key per ``r x r`` cell (key stride ``r``). What differs fr
   half tensor); no in-place ops; no einsum; normalisers derived from tensors so that a dynamic ONNX export is exact at
   every size; attention through the shared core (:mod:`yolo_attn.nn.attention`) with a plain twin. No attention
   dropout, ``dwc_pe``, ``fixed_pe`` (resolution-locked) or ``log_cpb`` options.
-- ONNX: ``GridSample`` needs opset 16; exporting at a lower opset raises a clear error instead of a deep exporter one.
+- Sampler switch: ``sampler="grid_sample"`` (default, ``F.grid_sample``) or ``"gather"``
+  (:func:`~yolo_attn.nn.sampling.grid_sample_gather`: the same values from floor, clamp, arithmetic and row gathers,
+  for runtimes whose ``GridSample`` is missing or unreliable: TensorRT, TF/TFLite through onnx2tf, CoreML, ONNX
+  opset < 16). :func:`set_sampler` flips every DAT layer of a model; Ultralytics' exporter does it for those formats
+  (:mod:`yolo_attn.export`).
+- ONNX: ``GridSample`` needs opset 16; exporting the ``grid_sample`` sampler at a lower opset raises a clear error
+  instead of a deep exporter one.
 """
 
 from __future__ import annotations
 
-import importlib
 import warnings
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import DropPath, LayerNorm2d
 
 from yolo_attn._compat import Conv
-from yolo_attn.nn.attention import AttentionLayer, DATRelPos, attend, cell_centres, check_impl
+from yolo_attn.nn.attention import AttentionLayer, DATRelPos, _onnx_export_opset, attend, cell_centres, check_impl
 from yolo_attn.nn.common import (
     AttnCSP,
     check_channels,
@@ -56,9 +60,20 @@ from yolo_attn.nn.common import (
     hidden_width,
     resolve_heads,
 )
+from yolo_attn.nn.sampling import SAMPLERS, bilinear_sample
 from yolo_attn.registry import register_block
 
-__all__ = ["DAttention", "DATLayer", "DATBlock", "DAT3", "LEVELS", "POS_BIAS", "GRID_SAMPLE_MIN_OPSET"]
+__all__ = [
+    "DAttention",
+    "DATLayer",
+    "DATBlock",
+    "DAT3",
+    "LEVELS",
+    "POS_BIAS",
+    "GRID_SAMPLE_MIN_OPSET",
+    "SAMPLERS",
+    "set_sampler",
+]
 
 # Feature level (P-level, stride 2**level) -> (key stride r, offset kernel k). DAT++-T stages 1-4 run at strides 4..32
 # with r = 8/4/2/1 and k = 9/7/5/3; P6 (stride 64) reuses the P5 setting.
@@ -103,19 +118,6 @@ def _fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def _onnx_export_opset() -> int | None:
-    """Opset of a TorchScript-based ``torch.onnx.export`` in progress, ``None`` when not exporting that way."""
-    if not torch.onnx.is_in_onnx_export():
-        return None
-    for name in ("torch.onnx._internal.torchscript_exporter._globals", "torch.onnx._globals"):  # torch >= 2.6, older
-        try:
-            g = importlib.import_module(name).GLOBALS
-        except (ImportError, AttributeError):
-            continue
-        return g.export_onnx_opset_version if getattr(g, "in_onnx_export", True) else None
-    return None
-
-
 # torch.onnx's own error type (a RuntimeError), so callers that catch exporter errors catch this one too
 _ExportError = getattr(getattr(torch.onnx, "errors", None), "OnnxExporterError", RuntimeError)
 
@@ -153,6 +155,8 @@ class DAttention(AttentionLayer):
             table + column table, about 1.5x faster at P3) or ``"none"``.
         max_rel: Table radius ``R`` in feature pixels; displacements beyond it share the edge entry.
         attn_impl: One of :data:`~yolo_attn.nn.attention.ATTN_IMPLS`.
+        sampler: How keys and bias tables are read: ``"grid_sample"`` or ``"gather"`` (same values, no
+            ``GridSample`` op; see :func:`set_sampler`).
 
     Examples:
         >>> m = DAttention(64, 64, level=3)  # P3: key stride 4, 7x7 offset kernel
@@ -173,6 +177,7 @@ class DAttention(AttentionLayer):
         pos_bias: str = "table",
         max_rel: int = 32,
         attn_impl: str = "auto",
+        sampler: str = "grid_sample",
     ):
         super().__init__()
         name = type(self).__name__
@@ -213,12 +218,28 @@ class DAttention(AttentionLayer):
         # "bias" in the table names (rel_pos.bias_table ...) on purpose: Ultralytics' optimizer puts them in the
         # no-decay group, as DAT exempts its rpe_table from weight decay.
         self.rel_pos = None if pos_bias == "none" else DATRelPos(heads, groups, self.max_rel, pos_bias)
+        self.sampler = sampler
+
+    # Class-level default: a layer pickled before the switch existed (no ``_sampler`` in its state) reads keys with
+    # grid_sample, as it was trained.
+    _sampler: str = "grid_sample"
+
+    @property
+    def sampler(self) -> str:
+        """How keys and bias tables are read (one of :data:`SAMPLERS`); setting it sets the bias module's too."""
+        return self._sampler
+
+    @sampler.setter
+    def sampler(self, value: str) -> None:
+        self._sampler = check_choice(type(self).__name__, "sampler", value, SAMPLERS)
+        if isinstance(self._modules.get("rel_pos"), DATRelPos):
+            self._modules["rel_pos"].sampler = value
 
     def extra_repr(self) -> str:
         return (
             f"level=P{self.level}, num_heads={self.num_heads}, dim_head={self.dim_head}, groups={self.groups}, "
             f"key_stride={self.key_stride}, offset_kernel={self.offset_kernel}, offset_range={self.offset_range}, "
-            f"pos_bias={self.pos_bias!r}, max_rel={self.max_rel}, attn_impl={self.attn_impl!r}"
+            f"pos_bias={self.pos_bias!r}, max_rel={self.max_rel}, attn_impl={self.attn_impl!r}, sampler={self.sampler!r}"
         )
 
     def _upgrade_state(self) -> None:
@@ -235,6 +256,7 @@ class DAttention(AttentionLayer):
         else:
             pos.bias_h, pos.bias_w = old[1], old[2]
         self.rel_pos = pos
+        pos.sampler = self.sampler  # the class default, grid_sample: what the layer was trained with
 
     def sample_points(self, q: torch.Tensor) -> torch.Tensor:
         """Key positions from the queries: ``(B * G, H_k, W_k, 2)``, fp32, normalised ``(x, y)`` for grid_sample."""
@@ -247,17 +269,14 @@ class DAttention(AttentionLayer):
         return torch.stack((px, py), dim=-1).clamp(-1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_export_opset(type(self).__name__)
+        if self.sampler == "grid_sample":
+            _check_export_opset(type(self).__name__)
         x = self.proj(x)
         b, c, h, w = x.shape
         q = self.proj_q(x)
         points = self.sample_points(q)  # B*G, Hk, Wk, 2
-        xs = F.grid_sample(
-            _fp32_or_wider(x.reshape(-1, c // self.groups, h, w)).to(points.dtype),
-            points,
-            mode="bilinear",
-            padding_mode="border",
-            align_corners=False,
+        xs = bilinear_sample(
+            _fp32_or_wider(x.reshape(-1, c // self.groups, h, w)).to(points.dtype), points, False, self.sampler
         )  # B*G, C/G, Hk, Wk
         xs = xs.to(x.dtype).reshape(b, c, xs.shape[-2], xs.shape[-1])
         k = rearrange(self.proj_k(xs), "b (h d) y x -> b h (y x) d", h=self.num_heads)  # B, h, Ns, d
@@ -266,6 +285,24 @@ class DAttention(AttentionLayer):
         bias = None if self.rel_pos is None else self.rel_pos(q, (h, w), points)
         out = attend(q, k, v, bias, self.attn_impl)  # B, h, N, d
         return self.proj_out(rearrange(out, "b h (y x) d -> b (h d) y x", y=h))
+
+
+def set_sampler(model: nn.Module, sampler: str) -> nn.Module:
+    """Set ``sampler`` on every DAT attention layer inside ``model`` (its bias tables follow); returns ``model``.
+
+    ``"gather"`` gives the same outputs (within 1e-5) without ONNX ``GridSample``: for TensorRT, TF/TFLite, CoreML
+    and ONNX opset < 16. Ultralytics' exporter switches automatically for those formats (:mod:`yolo_attn.export`).
+
+    Examples:
+        >>> m = set_sampler(DAT3(64, 64, 1, 0.5, 5), "gather")
+        >>> {a.sampler for a in m.modules() if isinstance(a, DAttention)}
+        {'gather'}
+    """
+    check_choice("set_sampler", "sampler", sampler, SAMPLERS)
+    for m in model.modules():
+        if isinstance(m, DAttention):
+            m.sampler = sampler
+    return model
 
 
 class DWConvMlp(nn.Module):

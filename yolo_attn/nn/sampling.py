@@ -15,10 +15,15 @@ keeps them symbolic; no branch depends on a size.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["grid_sample_gather", "PADDING_MODES"]
+__all__ = ["grid_sample_gather", "bilinear_sample", "PADDING_MODES", "SAMPLERS"]
 
 PADDING_MODES = ("border", "zeros")
+
+#: Values of DAT's ``sampler`` switch: ``"grid_sample"`` (``F.grid_sample``; ONNX ``GridSample``, opset >= 16) or
+#: ``"gather"`` (:func:`grid_sample_gather`: the same values from ops every runtime has).
+SAMPLERS = ("grid_sample", "gather")
 
 
 def _unnormalise(coord: torch.Tensor, size, align_corners: bool) -> torch.Tensor:
@@ -108,3 +113,20 @@ def grid_sample_gather(
 
     out = corner(y0, x0, wy0 * wx0) + corner(y0, x1, wy0 * wx1) + corner(y1, x0, wy1 * wx0) + corner(y1, x1, wy1 * wx1)
     return out.reshape(n, ho, wo, c).permute(0, 3, 1, 2).to(input.dtype)
+
+
+def bilinear_sample(
+    input: torch.Tensor, grid: torch.Tensor, align_corners: bool, sampler: str = "grid_sample"
+) -> torch.Tensor:
+    """Bilinear sampling with border padding through the implementation ``sampler`` names (one of :data:`SAMPLERS`).
+
+    Examples:
+        >>> x, g = torch.randn(1, 2, 4, 4), torch.rand(1, 3, 3, 2) * 2 - 1
+        >>> torch.allclose(bilinear_sample(x, g, False, "gather"), bilinear_sample(x, g, False), atol=1e-6)
+        True
+    """
+    if sampler == "gather":
+        return grid_sample_gather(input, grid, align_corners=align_corners, padding_mode="border")
+    if sampler != "grid_sample":
+        raise ValueError(f"bilinear_sample: sampler={sampler!r} is not one of {', '.join(map(repr, SAMPLERS))}")
+    return F.grid_sample(input, grid, mode="bilinear", padding_mode="border", align_corners=align_corners)
