@@ -62,6 +62,7 @@ __all__ = [
     "format_table",
     "peak_memory_mb",
     "resolve_device",
+    "time_steps",
 ]
 
 #: Pyramid level -> (B, C, H, W) of the benchmark input: yolov8n's P3/P4/P5 maps at 640, batch 2. The one definition
@@ -125,21 +126,29 @@ def resolve_device(device: str | int | torch.device | None = None) -> torch.devi
     return torch.device(device)
 
 
-def _make_step(module: nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], None]:
+def _make_step(
+    module: nn.Module, x: torch.Tensor, backward: bool, autocast: torch.dtype | None = None
+) -> Callable[[], None]:
     params = [p for p in module.parameters() if p.requires_grad]
+
+    def forward() -> Any:
+        if autocast is None:
+            return module(x)
+        with torch.autocast(x.device.type, dtype=autocast):
+            return module(x)
 
     def step() -> None:
         if backward:
             for p in params:
                 p.grad = None
             # Ultralytics heads return nested lists, tuples and dicts; every floating leaf joins the loss
-            outs = [t for t in tree_leaves(module(x)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+            outs = [t for t in tree_leaves(forward()) if isinstance(t, torch.Tensor) and t.is_floating_point()]
             if not outs:
                 raise ValueError(f"{type(module).__name__} returned no floating tensor to backpropagate through")
             sum(o.float().sum() for o in outs).backward()
         else:
             with torch.no_grad():
-                module(x)
+                forward()
 
     return step
 
@@ -244,6 +253,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_steps(step: Callable[[], None], device: torch.device, warmup: int = 2, iters: int = 5) -> list[float]:
+    """Milliseconds of each of ``iters`` timed calls of ``step``, after ``warmup`` untimed ones (CUDA synchronised)."""
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    for _ in range(max(warmup, 0)):
+        step()
+    times = []
+    for _ in range(iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 def bench_block(
     module: nn.Module,
     input_shape: Sequence[int],
@@ -253,6 +278,7 @@ def bench_block(
     device: str | torch.device = "cpu",
     memory: bool = True,
     dtype: torch.dtype = torch.float32,
+    autocast: torch.dtype | None = None,
 ) -> dict:
     """Median step latency and peak step memory of ``module`` on a random input of ``input_shape``.
 
@@ -268,6 +294,7 @@ def bench_block(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``0`` ... (``"auto"`` picks CUDA when present).
         memory: Also measure peak memory (one extra step).
         dtype: Input and module dtype.
+        autocast: Run the forward under ``torch.autocast`` with this dtype (mixed precision, as AMP trains).
 
     Returns:
         ``{"shape", "device", "mode", "ms", "ms_min", "peak_mb", "mem_method", "params", "iters"}``.
@@ -278,17 +305,9 @@ def bench_block(
     was_training = module.training
     module = module.to(dev, dtype).train(backward)
     x = torch.randn(*input_shape, device=dev, dtype=dtype)
-    step = _make_step(module, x, backward)
+    step = _make_step(module, x, backward, autocast)
     try:
-        for _ in range(max(warmup, 0)):
-            step()
-        times = []
-        for _ in range(iters):
-            _sync(dev)
-            t0 = time.perf_counter()
-            step()
-            _sync(dev)
-            times.append((time.perf_counter() - t0) * 1e3)
+        times = time_steps(step, dev, warmup, iters)
         peak, method = peak_memory_mb(step, dev) if memory else (float("nan"), "off")
     finally:
         for p in module.parameters():

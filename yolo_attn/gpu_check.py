@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -104,8 +106,8 @@ def run_gpu_tests(tests: Path, timeout: float = 300) -> dict:
     """``pytest -m gpu`` over ``tests``: counts of passed / failed / skipped and the failures' names."""
     if not tests.is_dir():
         return {"status": "skipped", "reason": f"no tests folder at {tests} (run from a checkout)"}
-    with contextlib.ExitStack() as stack:
-        xml = Path(stack.enter_context(_tempdir())) / "gpu.xml"
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "gpu.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", str(tests)]
         cmd += ["--junitxml", str(xml), "-o", "addopts="]
         t0 = time.perf_counter()
@@ -126,14 +128,6 @@ def run_gpu_tests(tests: Path, timeout: float = 300) -> dict:
     status = "failed" if counts["failed"] or r.returncode not in (0, 5) else "ok"
     return {"status": status, **counts, "failures": failures, "skip_reasons": sorted(reasons),
             "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-
-
-@contextlib.contextmanager
-def _tempdir() -> Iterator[str]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        yield d
 
 
 # ------------------------------------------------------------------------------------------------ 2. + 4. training
@@ -159,10 +153,10 @@ def train_one(name: str, data: str, s: Settings, out: Path) -> dict:
         seen["t0"] = time.perf_counter()
 
     def on_batch_end(trainer: Any) -> None:
-        loss = trainer_state(trainer)["loss"]
-        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
+        st = trainer_state(trainer)
+        if st["loss"] is not None and not bool(torch.isfinite(st["loss"].detach()).all()):
             seen["bad_batches"] += 1
-            seen["first_bad"] = seen["first_bad"] or f"epoch {trainer_state(trainer)['epoch'] + 1}"
+            seen["first_bad"] = seen["first_bad"] or f"epoch {st['epoch'] + 1}"
 
     def on_epoch_end(trainer: Any) -> None:
         if dev.type == "cuda":
@@ -266,22 +260,6 @@ def _attend_shapes() -> Iterator[list]:
             m.attend = real
 
 
-def _time(step: Callable[[], None], dev: torch.device, warmup: int, iters: int) -> float:
-    """Median seconds of ``step`` on ``dev``."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t = time.perf_counter()
-        step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
-
-
 def _flash_step(shapes: list, dev: torch.device) -> Callable[[], None] | None:
     """fwd+bwd of plain SDPA (flash on CUDA) at the block's attention shapes; None when the block has none."""
     if not shapes:
@@ -308,7 +286,7 @@ def _flash_step(shapes: list, dev: torch.device) -> Callable[[], None] | None:
 def bench_blocks(s: Settings) -> list[dict]:
     """Every registered block with bench levels, at P5/P4/P3 of ``s.bench_imgsz``, both widths, bf16, fwd+bwd."""
     from yolo_attn import integration
-    from yolo_attn.bench import _build, peak_memory_mb
+    from yolo_attn.bench import _build, _make_step, bench_block, time_steps
 
     integration.register()
     dev = resolve_device(s.device)
@@ -321,24 +299,16 @@ def bench_blocks(s: Settings) -> list[dict]:
                 row: dict[str, Any] = {"block": sp.name, "width": width, "level": f"P{level}", "shape": list(shape)}
                 try:
                     m = _build(sp, chans[level], level, None).to(dev).train()
-                    x = torch.randn(shape, device=dev)
-
-                    def step(m=m, x=x) -> None:
-                        with torch.autocast(dev.type, dtype=torch.bfloat16):
-                            y = m(x)
-                        (y[0] if isinstance(y, (tuple, list)) else y).float().sum().backward()
-
                     kernels = _SdpaKernels()
-                    with _attend_shapes() as shapes, kernels:
-                        step()
+                    with _attend_shapes() as shapes, kernels:  # one traced step: the kernels and attention shapes
+                        _make_step(m, torch.randn(shape, device=dev), True, torch.bfloat16)()
                     row["sdpa_kernel"] = kernels.summary()
-                    row["ms"] = round(1e3 * _time(step, dev, 1, s.bench_iters), 3)
-                    row["peak_mem_mb"] = round(peak_memory_mb(step, dev)[0], 1)
+                    r = bench_block(m, shape, True, 1, s.bench_iters, dev, autocast=torch.bfloat16)
+                    row["ms"], row["peak_mem_mb"] = round(r["ms"], 3), round(r["peak_mb"], 1)
                     flash = _flash_step(shapes, dev)
                     if flash is not None:
-                        t_flash = _time(flash, dev, 1, s.bench_iters)
-                        row["flash_ms"] = round(1e3 * t_flash, 3)
-                        row["vs_flash"] = round(t_flash / (row["ms"] / 1e3), 3)
+                        row["flash_ms"] = round(statistics.median(time_steps(flash, dev, 1, s.bench_iters)), 3)
+                        row["vs_flash"] = round(row["flash_ms"] / row["ms"], 3)
                         q, k, _ = shapes[0]
                         row["attention"] = f"{len(shapes)}x heads={q[1]} N={q[2]} M={k[2]} d={q[3]}"
                 except Exception as e:  # one broken case must not hide the others

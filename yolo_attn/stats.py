@@ -355,13 +355,11 @@ def _check_tp_counts(image: np.ndarray, cls: np.ndarray, tp: np.ndarray, t_image
 
 
 # -------------------------------------------------------------------------------------------------- results
-@dataclass(frozen=True)
-class Interval:
-    """A two-sided interval at confidence ``level``."""
+class _Bounds:
+    """What an interval with ``low`` and ``high`` says about a difference (shared by both interval types)."""
 
     low: float
     high: float
-    level: float = 0.95
 
     @property
     def half_width(self) -> float:
@@ -372,6 +370,15 @@ class Interval:
     def side(self) -> int:
         """+1 when the interval lies above zero, -1 below, 0 when it contains zero."""
         return 1 if self.low > 0 else -1 if self.high < 0 else 0
+
+
+@dataclass(frozen=True)
+class Interval(_Bounds):
+    """A two-sided interval at confidence ``level``."""
+
+    low: float
+    high: float
+    level: float = 0.95
 
     def to_dict(self) -> dict[str, float]:
         """Plain floats, for a JSON record."""
@@ -531,7 +538,7 @@ class PairedBootstrap:
 
 
 @dataclass(frozen=True)
-class SeedInterval:
+class SeedInterval(_Bounds):
     """Mean and Student-t interval of paired (same-seed) differences.
 
     Attributes:
@@ -549,16 +556,6 @@ class SeedInterval:
     low: float
     high: float
     level: float = 0.95
-
-    @property
-    def half_width(self) -> float:
-        """Half the interval's width."""
-        return (self.high - self.low) / 2
-
-    @property
-    def side(self) -> int:
-        """+1 when the interval lies above zero, -1 below, 0 when it contains zero."""
-        return 1 if self.low > 0 else -1 if self.high < 0 else 0
 
     def to_dict(self) -> dict[str, float]:
         """Plain values, for a JSON record."""
