@@ -124,9 +124,15 @@ def data(tmp_path_factory) -> str:
     return str(make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n_train=8, n_val=4, imgsz=32))
 
 
-def _plan(data: str, n: int):
+def _plan(data: str, n: int, epochs: int = 1):
     """The baseline and up to three block variants of yolov8n."""
-    return make_plan(data, bases=["yolov8n.yaml"], blocks=["bot", "dat", "coat"][: n - 1], train=TRAIN)
+    train = {**TRAIN, "epochs": epochs}
+    return make_plan(data, bases=["yolov8n.yaml"], blocks=["bot", "dat", "coat"][: n - 1], train=train)
+
+
+#: Epochs of a run that a test kills: long enough (several seconds) that the kill, 1 s into the run, lands before the
+#: run ends on a fast, quiet machine too (one epoch can finish first there, and the run is then simply done).
+KILLED_EPOCHS = 10
 
 
 def _same(rec) -> dict:
@@ -192,7 +198,7 @@ def _kill_running_worker(out: Path, key: str) -> int:
 
 
 def test_killed_worker_is_retried_one_record_per_run(cluster, data, tmp_path):
-    plan = _plan(data, 1)
+    plan = _plan(data, 1, KILLED_EPOCHS)
     th = _sweep_in_thread(plan, tmp_path, RayExecutor(retries=1))
     victim = _kill_running_worker(tmp_path, plan[0].key)
     th.join(300)
@@ -204,7 +210,7 @@ def test_killed_worker_is_retried_one_record_per_run(cluster, data, tmp_path):
 
 
 def test_spent_retries_give_a_failed_record(cluster, data, tmp_path):
-    plan = _plan(data, 1)
+    plan = _plan(data, 1, KILLED_EPOCHS)
     th = _sweep_in_thread(plan, tmp_path, RayExecutor(retries=0))
     _kill_running_worker(tmp_path, plan[0].key)
     th.join(120)
