@@ -150,6 +150,57 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
     return 1 if failed and a.strict else 0
 
 
+# --------------------------------------------------------------------------------------------------- search
+def _cmd_search(a: argparse.Namespace) -> int:
+    import yaml
+
+    from yolo_attn.plan import parse_overrides
+    from yolo_attn.search import SCREEN_SEED, search, search_markdown
+
+    block_args = {}
+    for item in a.block_args or []:
+        name, _, val = item.partition(":")
+        v = yaml.safe_load(val) if val else []
+        block_args[name] = v if isinstance(v, list) else [v]
+    devices = [d for chunk in a.devices for d in chunk.split(";") if d] if a.devices else None
+    executor, cluster_errors = None, ()
+    if a.ray is not None:
+        if devices:
+            raise ValueError("--devices is for this machine's devices; with --ray give --gpus-per-run / --cpus-per-run")
+        from yolo_attn.executors.ray import RayEnvironmentError, RayExecutor
+
+        executor = RayExecutor(a.ray or None, cpus_per_run=a.cpus_per_run, gpus_per_run=a.gpus_per_run)
+        cluster_errors = (ImportError, RayEnvironmentError)
+    try:
+        outcome = search(
+            a.data,
+            budget=a.budget,
+            blocks=a.blocks,
+            positions=a.positions,
+            base=a.base,
+            train=parse_overrides(a.overrides),
+            screen_epochs=a.screen_epochs,
+            screen_seed=SCREEN_SEED if a.screen_seed is None else a.screen_seed,
+            confirm_seeds=a.confirm_seeds,
+            pretrained=a.pretrained,
+            block_args=block_args,
+            out=a.out,
+            devices=devices,
+            executor=executor,
+            retry_failed=a.retry_failed,
+            settings=_measure(a),
+            resamples=a.resamples,
+        )
+    except cluster_errors as e:  # no Ray, or a node that cannot run the sweep: the message says what to do
+        print(f"yolo-attn search: error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(search_markdown(outcome)))
+    print(
+        f"decisions: {Path(a.out) / 'search.json'}; store: {Path(a.out) / 'results.jsonl'} (yolo-attn report {a.out})"
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------- report
 def _cmd_report(a: argparse.Namespace) -> int:
     from yolo_attn.report import write_report
@@ -304,6 +355,28 @@ def _parser() -> argparse.ArgumentParser:
     _add_measure_args(s)
     s.set_defaults(func=_cmd_ablate)
 
+    q = sub.add_parser("search", help="screen every block x position on a short schedule, confirm the best in a budget")
+    q.add_argument("overrides", nargs="*", help="training overrides of the full schedule, key=value (epochs=30 ...)")
+    q.add_argument("--data", required=True, help="dataset YAML")
+    q.add_argument("--budget", type=int, required=True, help="total runs: screening + confirmation")
+    q.add_argument("--blocks", nargs="*", default=None, help="families or block names (default: every family)")
+    q.add_argument("--positions", nargs="*", default=None, help="insertion points (default: all of edit.POSITIONS)")
+    q.add_argument("--base", default="yolov8n.yaml", help="base model (default yolov8n.yaml)")
+    q.add_argument("--screen-epochs", type=int, default=None, help="epochs of a screening run (default: epochs / 4)")
+    q.add_argument("--screen-seed", type=int, default=None, help="seed of the screening runs (default 100)")
+    q.add_argument("--confirm-seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the confirmation runs")
+    q.add_argument("--pretrained", default=None, help="weights every run starts from (e.g. yolov8n.pt)")
+    q.add_argument("--block-args", nargs="*", default=None, metavar="BLOCK:[ARGS]", help="e.g. dat:[8] (a YAML list)")
+    q.add_argument("--out", default="runs/yolo_attn/search", help="output folder (store, runs, search.json)")
+    q.add_argument("--devices", nargs="+", default=None, help="one run per device at a time: cpu | 0 | 0 1 | cpu cpu")
+    q.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", help="run each run as a Ray task")
+    q.add_argument("--cpus-per-run", type=float, default=1, help="CPUs Ray reserves per run")
+    q.add_argument("--gpus-per-run", type=float, default=None, help="GPUs per run on Ray")
+    q.add_argument("--retry-failed", action="store_true", help="redo runs recorded as failed")
+    q.add_argument("--resamples", type=int, default=1000, help="bootstrap replicates of every interval")
+    _add_measure_args(q)
+    q.set_defaults(func=_cmd_search)
+
     r = sub.add_parser("report", help="Markdown + CSV tables and PNG plots from a results store")
     r.add_argument("store", help="sweep output folder or its results.jsonl")
     r.add_argument("--out", default=None, help="report folder (default: <store folder>/report)")
@@ -382,8 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``yolo-attn`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = []
-    if "ablate" in argv:  # key=value tokens are training overrides wherever they stand (after --blocks ... too)
-        cut = argv.index("ablate") + 1
+    cmd = next((c for c in ("ablate", "search") if c in argv), None)
+    if cmd:  # key=value tokens are training overrides wherever they stand (after --blocks ... too)
+        cut = argv.index(cmd) + 1
         overrides = [t for t in argv[cut:] if re.match(r"^[A-Za-z_]\w*=", t)]
         argv = argv[:cut] + [t for t in argv[cut:] if not re.match(r"^[A-Za-z_]\w*=", t)]
     args = _parser().parse_args(argv)
