@@ -1,4 +1,4 @@
-"""Two test-only blocks that exercise the registration contract (not part of the package).
+"""Test-only blocks that exercise the registration contract, and a harmful one for the search (not part of the package).
 
 Imported by child processes through ``YOLO_ATTN_PLUGINS=contract_blocks`` (tests/ is on PYTHONPATH there).
 """
@@ -45,3 +45,16 @@ class ContractCSP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+@register_block(role="insert")
+class WipeHalf(nn.Module):
+    """A harmful block on purpose (the planted candidate of the search tests): zeroes the first half of its channels."""
+
+    def __init__(self, c1: int, c2: int):
+        super().__init__()
+        self.proj = Conv(c1, c2, 1) if c1 != c2 else nn.Identity()
+        self.register_buffer("keep", (torch.arange(c2) >= c2 // 2).float().view(1, c2, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) * self.keep

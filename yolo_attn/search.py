@@ -481,23 +481,23 @@ def _full_epochs(train: Mapping) -> int:
     return int(DEFAULT_CFG_DICT["epochs"])
 
 
-def _records_of(store: ResultStore, plan: Sequence[Run]) -> dict[str, RunRecord]:
+def _records_of(store: ResultStore, keys: Sequence[str]) -> dict[str, RunRecord]:
     have = store.records()
-    return {r.key: have[r.key] for r in plan if r.key in have}
+    return {k: have[k] for k in keys if k in have}
 
 
 def _screened(
     store: ResultStore,
-    plan: Sequence[Run],
+    plan: Sequence[tuple[Run, str]],
     base_rec: RunRecord,
     recs: Mapping[str, RunRecord],
     resamples: int,
     ci: float,
 ) -> tuple[list[Candidate], int | None]:
     out, n_images = [], None
-    for run in plan:
-        rec = recs.get(run.key)
-        c = Candidate(run.name, run.block, run.position, list(run.args), run.key)
+    for run, key in plan:
+        rec = recs.get(key)
+        c = Candidate(run.name, run.block, run.position, list(run.args), key)
         if rec is None or not rec.ok:
             c.status = "missing" if rec is None else rec.status
             c.error = None if rec is None else rec.error
@@ -515,8 +515,8 @@ def _screened(
 def _confirmed(
     store: ResultStore,
     kept: Sequence[Candidate],
-    bases: Mapping[int, Run],
-    variants: Mapping[tuple[str, int], Run],
+    bases: Mapping[int, str],
+    variants: Mapping[tuple[str, int], str],
     resamples: int,
     ci: float,
 ) -> list[Confirmed]:
@@ -525,10 +525,10 @@ def _confirmed(
     for c in kept:
         conf = Confirmed(c.name, c.block, c.position, list(c.args))
         pairs = []
-        for seed, b_run in bases.items():
-            v_run = variants[(c.key, seed)]
-            conf.keys.append(v_run.key)
-            b, v = recs.get(b_run.key), recs.get(v_run.key)
+        for seed, b_key in bases.items():
+            v_key = variants[(c.key, seed)]
+            conf.keys.append(v_key)
+            b, v = recs.get(b_key), recs.get(v_key)
             if b is not None and v is not None and b.ok and v.ok:
                 pairs.append((seed, b, v))
         conf.seeds = [s for s, _, _ in pairs]
@@ -636,7 +636,8 @@ def search(
         pretrained=pretrained,
         block_args=block_args,
     )
-    base_run, cand_runs = plan[0], plan[1:]
+    keys = [r.key for r in plan]  # a key hashes the model's YAML: computed once per run
+    base_run, base_key, cand_runs = plan[0], keys[0], list(zip(plan[1:], keys[1:]))
     b = Budget(int(budget), len(cand_runs), len(confirm_seeds))
     b.check()
     out = Path(out)
@@ -644,8 +645,8 @@ def search(
     kw = {"devices": devices, "retry_failed": retry_failed, "settings": settings, "executor": executor}
 
     run_sweep(plan, out, title=f"search 1/2, screening {len(cand_runs)} candidates ({screen_epochs} epochs)", **kw)
-    recs = _records_of(store, plan)
-    base_rec = recs.get(base_run.key)
+    recs = _records_of(store, keys)
+    base_rec = recs.get(base_key)
     if base_rec is None or not base_rec.ok:
         why = base_rec.error if base_rec is not None else "no record"
         raise RuntimeError(f"the screening baseline run failed ({why}); nothing can be screened against it")
@@ -661,7 +662,7 @@ def search(
         budget=int(budget),
         ci=ci,
         resamples=resamples,
-        baseline_key=base_run.key,
+        baseline_key=base_key,
         baseline_map50_95=_num(base_rec.map50_95),
         n_images=n_images,
         candidates=decide(screened, b.max_kept),
@@ -672,21 +673,22 @@ def search(
     outcome.save(out)
 
     kept = outcome.kept
-    by_key = {r.key: r for r in cand_runs}
-    bases = {s: dataclasses.replace(base_run, seed=s, train=train, name="") for s in confirm_seeds}
-    variants = {
-        (c.key, s): dataclasses.replace(by_key[c.key], seed=s, train=train, name="")
-        for c in kept
-        for s in confirm_seeds
-    }
-    confirm = [r for s in confirm_seeds for r in (bases[s], *(variants[(c.key, s)] for c in kept))] if kept else []
-    if len(plan) + len(confirm) > b.runs:  # the arithmetic above guarantees it; a change there must not overspend
-        raise AssertionError(f"search planned {len(plan) + len(confirm)} runs, over its budget of {b.runs}")
+    by_key = {k: r for r, k in cand_runs}
+    confirm = []  # per seed: the baseline, then the kept candidates best first
+    bases, variants = {}, {}
+    for seed in confirm_seeds if kept else []:
+        confirm.append(dataclasses.replace(base_run, seed=seed, train=train, name=""))
+        bases[seed] = confirm[-1].key
+        for c in kept:
+            confirm.append(dataclasses.replace(by_key[c.key], seed=seed, train=train, name=""))
+            variants[(c.key, seed)] = confirm[-1].key
+    if len(plan) + len(confirm) > b.runs:  # Budget.max_kept guarantees it; a change there must not overspend
+        raise RuntimeError(f"search planned {len(plan) + len(confirm)} runs, over its budget of {b.runs}")
     if confirm:
         names = ", ".join(c.name for c in kept)
         run_sweep(confirm, out, title=f"search 2/2, confirming {names} with seeds {confirm_seeds}", **kw)
-    outcome.confirm_baseline_keys = [bases[s].key for s in confirm_seeds] if kept else []
-    outcome.runs_confirmation = len(_records_of(store, confirm))
+    outcome.confirm_baseline_keys = list(bases.values())
+    outcome.runs_confirmation = len(_records_of(store, [*bases.values(), *variants.values()]))
     outcome.confirmed = _confirmed(store, kept, bases, variants, resamples, ci)
     outcome.stage = "confirmed"
     outcome.save(out)
