@@ -700,6 +700,10 @@ def _iv(lo: float | None, hi: float | None) -> str:
     return "-" if lo is None or hi is None else f"[{lo:+.4f}, {hi:+.4f}]"
 
 
+def _n(k: int | None, what: str) -> str:
+    return f"{k} {what}{'' if k == 1 else 's'}"
+
+
 def _m(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
@@ -720,7 +724,7 @@ def search_markdown(outcome: SearchOutcome, heading: str = "##") -> list[str]:
         f"{heading} Search: where does a block help?",
         "",
         f"Screened {len(o.candidates)} candidates (block x position) on `{Path(o.base).name}`: each trained once "
-        f"(seed {o.screen_seed}, {o.screen_epochs} epochs, from {start}) next to a baseline trained the same way, and "
+        f"(seed {o.screen_seed}, {_n(o.screen_epochs, 'epoch')}, from {start}) next to a baseline trained the same way, and "
         f"compared with it by a paired bootstrap over {n_img} ({o.resamples} resamples, {pct} interval of the change "
         "in mAP50-95). A candidate is dropped only on evidence: **worse** (its interval lies below 0), **dominated** "
         "(its upper bound lies below the best candidate's lower bound), or **failed**. The others are ranked by their "
@@ -728,8 +732,7 @@ def search_markdown(outcome: SearchOutcome, heading: str = "##") -> list[str]:
         "many short runs looks better than it is, so the verdicts below come from the confirmation runs alone.",
         "",
     ]
-    base = f"{_m(o.baseline_map50_95)} (baseline)"
-    rows = [["-", "baseline", base, "-", "-", "-", ""]]
+    rows = [["-", f"{Path(o.base).stem} (baseline)", _m(o.baseline_map50_95), "-", "-", "-", ""]]
     order = sorted(o.candidates, key=lambda c: (c.rank is None, c.rank or 0, c.name))
     for c in order:
         rows.append([c.rank or "-", c.name, _m(c.map50_95), _f(c.delta), _iv(c.low, c.high), c.decision, c.reason])
@@ -740,7 +743,10 @@ def search_markdown(outcome: SearchOutcome, heading: str = "##") -> list[str]:
         lines += [f"Dropped: {', '.join(f'`{c.name}` ({c.decision})' for c in dropped)}.", ""]
     sub = heading + "#"
     seeds = ", ".join(map(str, o.confirm_seeds))
-    lines += [f"{sub} Confirmed (seeds {seeds}, {o.epochs} epochs, each against the baseline of the same seed)", ""]
+    lines += [
+        f"{sub} Confirmed (seeds {seeds}, {_n(o.epochs, 'epoch')}, each against the baseline of the same seed)",
+        "",
+    ]
     if o.stage != "confirmed":
         lines += ["Confirmation has not finished (re-run the same `yolo-attn search` command to resume).", ""]
     elif not o.confirmed:
