@@ -263,7 +263,8 @@ def _keep_matches(run: Run, rec: RunRecord, capture: Any, trainer: Any, out: Pat
     """
     import tempfile
 
-    from yolo_attn._compat import YOLO, ValidationCapture
+    from yolo_attn._compat import YOLO
+    from yolo_attn.capture import ValidationCapture
     from yolo_attn.stats import map_scores
 
     source, trained = "final validation", {}
@@ -334,7 +335,8 @@ def execute(
     rec.versions = versions()
     try:
         import yolo_attn
-        from yolo_attn._compat import YOLO, ValidationCapture
+        from yolo_attn._compat import YOLO
+        from yolo_attn.capture import ValidationCapture
 
         yolo_attn.register()
         rec.family = _family(run.block)
