@@ -79,13 +79,14 @@ def test_pareto_front():
 
 def test_summary_deltas_against_same_seed_baseline(store):
     rows = summarize(list(ResultStore(store / STORE_NAME).records().values()))
-    by = {r["config"]: r for r in rows}
+    by = {r.config: r for r in rows}
     assert set(by) == {"yolov8n (baseline)", "bot@sppf_before", "dat@neck"}  # the failed run is not aggregated
     bot = by["bot@sppf_before"]
-    assert bot["seeds"] == 2
-    assert bot["d_map50_95_all"] == pytest.approx([0.02, 0.01])  # per seed: 0.32-0.30, 0.35-0.34
-    assert bot["d_map50_95"] == pytest.approx(0.015) and bot["d_map50_95_std"] == pytest.approx(0.00707, abs=1e-4)
-    assert by["dat@neck"]["gflops"] == 12.0 and by["dat@neck"]["gflops_ultralytics"] == 10.0
+    assert bot.seeds == 2
+    d = bot.delta["map50_95"]
+    assert d.values == pytest.approx([0.02, 0.01])  # per seed: 0.32-0.30, 0.35-0.34
+    assert d.mean == pytest.approx(0.015) and d.std == pytest.approx(0.00707, abs=1e-4)
+    assert by["dat@neck"].gflops.mean == 12.0 and by["dat@neck"].gflops_ultralytics.mean == 10.0
 
 
 def test_write_report_files(store):
@@ -174,16 +175,14 @@ def test_intervals_and_verdicts_from_per_image_files(tmp_path):
     store = _matches_store(tmp_path)
     paths = write_report(store, resamples=300)
     md = paths["markdown"].read_text()
-    by = {r["config"]: r for r in paths["summary"]}
+    by = {r.config: r for r in paths["summary"]}
     dat, bot = by["dat@sppf_before"], by["bot@sppf_before"]
-    assert dat["verdict_map50_95"] == "better" and dat["verdict_map50_95_note"] is None
-    assert 0 < dat["d_map50_95_low"] < dat["d_map50_95"] < dat["d_map50_95_high"]
-    assert 0 < dat["d_map50_95_seed_low"] and dat["pairs"] == 3 and dat["n_images"] == 150
-    assert bot["d_map50_95_low"] < bot["d_map50_95"] < bot["d_map50_95_high"]
-    assert dat["d_map50_95_detectable"] == pytest.approx(
-        max(dat["d_map50_95_high"] - dat["d_map50_95_low"], dat["d_map50_95_seed_high"] - dat["d_map50_95_seed_low"])
-        / 2
-    )
+    assert dat.verdicts["map50_95"].label == "better" and dat.verdicts["map50_95"].note is None
+    img, seeds = dat.image_interval("map50_95"), dat.seed_intervals["map50_95"]
+    assert 0 < img.low < dat.delta["map50_95"].mean < img.high
+    assert 0 < seeds.low and dat.pairs == 3 and dat.n_images == 150
+    assert bot.image_interval("map50_95").low < bot.delta["map50_95"].mean < bot.image_interval("map50_95").high
+    assert dat.detectable("map50_95") == pytest.approx(max(img.high - img.low, seeds.high - seeds.low) / 2)
     # the bootstrap's full-sample difference is the records' mean same-seed difference (the files are the records)
     recs = load_records(store)
     matches, notes = load_matches(store, recs)
@@ -213,8 +212,12 @@ def test_images_in_another_order_pair_the_same(tmp_path):
     a = write_report(_matches_store(tmp_path / "a", seeds=(0,)), resamples=200)["summary"]
     b = write_report(_matches_store(tmp_path / "b", seeds=(0,), shuffle_ids=True), resamples=200)["summary"]
     for ra, rb in zip(a, b):
-        for k in ("d_map50_95", "d_map50_95_low", "d_map50_95_high", "d_map50_low", "d_map50_high"):
-            assert ra.get(k) == pytest.approx(rb.get(k), abs=1e-12), (ra["config"], k)
+        assert ra.delta["map50_95"].mean == pytest.approx(rb.delta["map50_95"].mean, abs=1e-12), ra.config
+        for m in ("map50_95", "map50"):
+            ia, ib = ra.image_interval(m), rb.image_interval(m)
+            assert (ia is None) == (ib is None) == ra.baseline
+            if ia is not None:
+                assert (ia.low, ia.high) == pytest.approx((ib.low, ib.high), abs=1e-12), (ra.config, m)
 
 
 def test_runs_without_per_image_files_have_no_intervals(store):
@@ -223,7 +226,7 @@ def test_runs_without_per_image_files_have_no_intervals(store):
     md = paths["markdown"].read_text()
     assert "Intervals unavailable for 6 runs without a per-image file" in md
     assert "- (no per-image file)" in md
-    assert paths["summary"][1]["intervals"] == "no per-image file"
+    assert paths["summary"][1].unavailable == "no per-image file" and paths["summary"][1].bootstrap is None
 
 
 def test_two_datasets_have_a_section_each_and_a_combined_table(tmp_path):
