@@ -34,19 +34,14 @@ def _figure(w: float = 7.5, h: float = 5.0) -> Any:
     return fig
 
 
-def _fit(fig: Any, text: str, fontsize: float, share: float = 0.92, vertical: bool = False) -> str:
-    """``text`` with each line wrapped at spaces to ``share`` of the figure's width (height with ``vertical``)."""
-    from matplotlib.font_manager import FontProperties
-
-    renderer = fig.canvas.get_renderer()
-    prop = FontProperties(size=fontsize)
-    room = (fig.get_figheight() if vertical else fig.get_figwidth()) * fig.dpi * share
+def _wrap(text: str, prop: Any, room: float, renderer: Any) -> str:
+    """``text`` with each line broken at spaces so that no line is wider than ``room`` pixels (a longer word stays)."""
 
     def width(s: str) -> float:
         return renderer.get_text_width_height_descent(s, prop, ismath=False)[0]
 
     lines = []
-    for line in text.split("\n"):
+    for line in text.replace("\n", " \n ").split(" \n "):
         current = ""
         for word in line.split(" "):
             longer = f"{current} {word}" if current else word
@@ -57,6 +52,35 @@ def _fit(fig: Any, text: str, fontsize: float, share: float = 0.92, vertical: bo
                 current = longer
         lines.append(current)
     return "\n".join(lines)
+
+
+def _fit(fig: Any, text: str, fontsize: float, share: float = 0.92, vertical: bool = False) -> str:
+    """``text`` wrapped to ``share`` of the figure's width (height with ``vertical``) at ``fontsize``."""
+    from matplotlib.font_manager import FontProperties
+
+    room = (fig.get_figheight() if vertical else fig.get_figwidth()) * fig.dpi * share
+    return _wrap(text, FontProperties(size=fontsize), room, fig.canvas.get_renderer())
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Lay the figure out, wrap again any title or x label that still crosses a side of the figure, and save it."""
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for ax in fig.axes for t in (ax.title, ax.xaxis.label)]
+    if getattr(fig, "_suptitle", None) is not None:
+        texts.append(fig._suptitle)
+    crossing = False
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        if t.get_text() and (box.x0 < 0 or box.x1 > fig.bbox.width):
+            centre = (box.x0 + box.x1) / 2
+            room = 2 * min(centre, fig.bbox.width - centre) - 4
+            t.set_text(_wrap(t.get_text(), t.get_fontproperties(), room, renderer))
+            crossing = True
+    if crossing:
+        fig.tight_layout()
+    fig.savefig(path)
+    return path
 
 
 def _title(ax: Any, text: str, fontsize: float = 10, share: float = 0.92) -> None:
@@ -97,9 +121,7 @@ def plot_map_vs_gflops(summary: Sequence[ConfigSummary], path: Path, title: str 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.margins(x=0.15, y=0.15)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_delta_by_position(summary: Sequence[ConfigSummary], path: Path, title: str = "") -> Path | None:
@@ -134,24 +156,28 @@ def plot_delta_by_position(summary: Sequence[ConfigSummary], path: Path, title: 
                     ax.errorbar(x + dx, d, yerr=yerr, fmt="none", ecolor=color, capsize=3, lw=1.2, zorder=4)
             ax.scatter([x] * len(delta.values), delta.values, color="black", s=10, zorder=3)
             if sum(q.family == fam for q in here) > 1:  # same family twice here: different args, say which
-                ax.annotate(c.config, (x, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=6,
+                ax.annotate(c.config, (x, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7,
                             rotation=90)  # fmt: skip
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(positions)))
     ax.set_xticklabels(positions, rotation=0)
     ax.set_ylabel(_fit(fig, "Δ mAP50-95 vs baseline (same seed)", 10, vertical=True))
     nseeds = max(c.seeds for c in rows)
-    whiskers = "bars: mean, dots: seeds\nwhiskers: 95% CI over images (black)" + (
-        " and seeds (grey)" if any(c.seed_intervals.get("map50_95") is not None for c in rows) else ""
-    )
+    drawn = [
+        what
+        for what, has in (
+            ("images (black)", any(c.image_interval("map50_95") is not None for c in rows)),
+            ("seeds (grey)", any(c.seed_intervals.get("map50_95") is not None for c in rows)),
+        )
+        if has
+    ]
+    whiskers = "bars: mean, dots: seeds" + (f"\nwhiskers: 95% CI over {' and '.join(drawn)}" if drawn else "")
     _title(
         ax, title or f"change against the baseline per insertion point ({nseeds} seed{'s' * (nseeds > 1)})\n{whiskers}"
     )
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="block", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    ax.legend(title="block", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never on them
+    return _save(fig, path)
 
 
 def plot_cost(summary: Sequence[ConfigSummary], path: Path, title: str = "") -> Path | None:
@@ -183,6 +209,4 @@ def plot_cost(summary: Sequence[ConfigSummary], path: Path, title: str = "") -> 
         a.set_xticklabels([c.config for c in rows], rotation=45, ha="right", fontsize=7)
         a.grid(axis="y", alpha=0.3)
     fig.suptitle(_fit(fig, title or "what it costs", 11), fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
