@@ -48,11 +48,14 @@ __all__ = [
     "Spread",
     "compare",
     "finite",
+    "group",
     "load_matches",
     "load_records",
     "pareto_front",
     "run_views",
+    "start",
     "start_label",
+    "stem",
     "summarize",
 ]
 

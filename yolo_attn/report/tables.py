@@ -7,7 +7,7 @@ function per file (:func:`results_row`, :func:`summary_row`), so their names sta
 Examples:
     >>> from yolo_attn.report.summary import Spread
     >>> print(render([Column("n", len, "l"), Column("mean", lambda s: pm(Spread.of(s)))], [(0.1, 0.3)]))
-    | n | mean            |
+    | n |            mean |
     |---|----------------:|
     | 2 | 0.2000 ± 0.1414 |
 """
