@@ -9,7 +9,15 @@ Everything reads the model through forward hooks; families say what to read thro
 (:class:`yolo_attn.registry.Probe`).
 """
 
-from yolo_attn.explain.figures import detect, eigencam, explain, image_files, load_images, validation_images
+from yolo_attn.explain.figures import (
+    data_utilisation,
+    detect,
+    eigencam,
+    explain,
+    image_files,
+    load_images,
+    validation_images,
+)
 from yolo_attn.explain.probe import AttentionCapture, Block, BlockUse, LayerView, find_blocks, measure_utilisation
 
 __all__ = [
@@ -17,6 +25,7 @@ __all__ = [
     "Block",
     "BlockUse",
     "LayerView",
+    "data_utilisation",
     "detect",
     "eigencam",
     "explain",

@@ -32,7 +32,7 @@ from torch import nn
 from yolo_attn import _compat
 from yolo_attn.explain.probe import AttentionCapture, Block, BlockUse, LayerView, find_blocks, measure_utilisation
 
-__all__ = ["explain", "load_images", "image_files", "validation_images", "eigencam", "detect"]
+__all__ = ["explain", "load_images", "image_files", "validation_images", "eigencam", "detect", "data_utilisation"]
 
 LOGGER = logging.getLogger(__name__)
 PAD = 114  # Ultralytics' letterbox grey
@@ -90,6 +90,18 @@ def load_images(files: Sequence[str | Path], imgsz: int = 640) -> tuple[torch.Te
         arrays.append(canvas)
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
     return batch, arrays
+
+
+def data_utilisation(model: Any, data: str | Path, imgsz: int = 640, n: int = 8) -> list[BlockUse]:
+    """:func:`~yolo_attn.explain.measure_utilisation` on the first ``n`` validation images of a dataset YAML.
+
+    What a run records after its final validation (``RunRecord.utilisation``). A model without registered blocks
+    gives ``[]`` without reading any image.
+    """
+    if not find_blocks(model):
+        return []
+    x, _ = load_images(validation_images(data, n), imgsz)
+    return measure_utilisation(model, x)
 
 
 class _RawOutput(nn.Module):
