@@ -6,7 +6,7 @@ Per model (a row of the figure), from one forward pass per image with hooks atta
 - **CAM**: EigenCAM (the ``grad-cam`` library; gradient-free, so it suits detectors) of a chosen layer, by default the
   last row before the detection head, overlaid on the image;
 - **one panel per registered block**: for dense attention (BoT/MHSA, CoAt), the attention of the query at each
-  detection's centre (the image centre when there is none), averaged over heads, upsampled to the image and combined
+  detection's centre (the 12 most confident) (the image centre when there is none), averaged over heads, upsampled to the image and combined
   by maximum (each query's map scaled to peak at 1); for deformable attention (DAT), the reference points (white)
   and the learned sampling points (one colour per offset group) drawn on the image with the offsets between them.
   A block whose family declares no map shows its utilisation only.
@@ -36,6 +36,7 @@ __all__ = ["explain", "load_images", "image_files", "validation_images", "eigenc
 
 LOGGER = logging.getLogger(__name__)
 PAD = 114  # Ultralytics' letterbox grey
+MAX_DRAWN = 12  # most confident detections drawn (and used as attention queries) per model and image
 
 
 def image_files(source: str | Path | Sequence[str | Path], max_images: int | None = None) -> list[Path]:
@@ -183,19 +184,24 @@ def _centres(dets: torch.Tensor, hw: tuple[int, int]) -> list[tuple[float, float
     """Fractional ``(fy, fx)`` of each detection's centre; the image centre when there is none."""
     if len(dets) == 0:
         return [(0.5, 0.5)]
+    dets = dets[:MAX_DRAWN]
     cx = ((dets[:, 0] + dets[:, 2]) / 2 / hw[1]).clamp(0, 1)
     cy = ((dets[:, 1] + dets[:, 3]) / 2 / hw[0]).clamp(0, 1)
     return list(zip(cy.tolist(), cx.tolist()))
 
 
-def dense_map(view: LayerView, centres: Sequence[tuple[float, float]], hw: tuple[int, int]) -> np.ndarray:
-    """Maximum over queries of each query's head-averaged attention map (scaled to peak 1), upsampled to ``hw``."""
-    maps = []
+def dense_map(view: LayerView, centres: Sequence[tuple[float, float]], hw: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """Maximum over queries of each query's head-averaged attention map (scaled to peak 1), upsampled to ``hw``, and
+    how peaked the maps are: the mean over queries of the largest weight times the key count (1 = uniform)."""
+    maps, peaks = [], []
     for fy, fx in centres:
         p = view.probs(0, fy, fx).mean(0).reshape(1, 1, *view.key_size)
+        peaks.append(float(p.max()) * p.numel())
         maps.append(p / p.max().clamp_min(1e-12))
     m = torch.cat(maps).amax(0, keepdim=True)
-    return F.interpolate(m.float(), size=hw, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return F.interpolate(m.float(), size=hw, mode="bilinear", align_corners=False)[0, 0].numpy(), sum(peaks) / len(
+        peaks
+    )
 
 
 def _panel_title(model: str, use: BlockUse) -> str:
@@ -207,10 +213,12 @@ def _panel_title(model: str, use: BlockUse) -> str:
 def _draw_dets(ax, view: _ModelView) -> None:
     from matplotlib.patches import Rectangle
 
-    for x1, y1, x2, y2, c, k in view.dets.tolist():
+    for x1, y1, x2, y2, c, k in view.dets[:MAX_DRAWN].tolist():  # NMS sorts by confidence
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, ec="lime"))
         label = view.names.get(int(k), str(int(k))) if isinstance(view.names, dict) else str(int(k))
-        ax.text(x1, y1, f"{label} {c:.2f}", color="black", fontsize=7, va="bottom", backgroundcolor="lime")
+        ax.text(
+            x1, y1, f"{label} {c:.2f}", color="black", fontsize=7, va="bottom", backgroundcolor="lime", clip_on=True
+        )
 
 
 def _figure(image: np.ndarray, views: list[_ModelView], path: Path, panel: int) -> Path:
@@ -230,12 +238,15 @@ def _figure(image: np.ndarray, views: list[_ModelView], path: Path, panel: int) 
         ax = axes[r][0]
         ax.imshow(image)
         _draw_dets(ax, v)
-        ax.set_title(f"{v.name}\n{len(v.dets)} detections", fontsize=8)
+        shown = f" ({MAX_DRAWN} drawn)" if len(v.dets) > MAX_DRAWN else ""
+        ax.set_title(f"{v.name}\n{len(v.dets)} detections{shown}", fontsize=8)
         ax = axes[r][1]
         ax.imshow(image)
         ax.imshow(v.cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
         ax.set_title(f"{v.name}\nEigenCAM", fontsize=8)
         centres = _centres(v.dets, hw)
+        if not v.blocks and ncols > 2:
+            axes[r][2].text(0.5, 0.5, "no registered blocks", ha="center", va="center", fontsize=9)
         for c, (_, use, lv) in enumerate(v.blocks, start=2):
             ax = axes[r][c]
             ax.imshow(image)
@@ -244,11 +255,19 @@ def _figure(image: np.ndarray, views: list[_ModelView], path: Path, panel: int) 
                 continue
             pix = lv.key_pixels(0, hw)
             if pix is None:
-                ax.imshow(dense_map(lv, centres, hw), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+                heat, peak = dense_map(lv, centres, hw)
+                ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
                 ax.plot([fx * hw[1] for _, fx in centres], [fy * hw[0] for fy, _ in centres], "c*", ms=9)
+                ax.set_title(
+                    f"{_panel_title(v.name, use)}\nattention at the stars, peak {peak:.1f}x uniform", fontsize=8
+                )
             else:
                 _draw_points(ax, *pix)
-    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.005, top=0.9 if len(views) == 1 else 0.94, wspace=0.02)
+                ax.set_title(f"{_panel_title(v.name, use)}\nwhite: reference points, colour: sampled", fontsize=8)
+    title = 48 / panel  # three title lines of 8 pt above every row, as a fraction of a panel
+    fig.subplots_adjust(
+        left=0.005, right=0.995, bottom=0.005, top=1 - title / len(views), wspace=0.02, hspace=title / (1 - title)
+    )
     fig.savefig(path, dpi=dpi)
     return path
 
