@@ -245,3 +245,22 @@ def test_families_declare_probes():
             sp = registry.get_spec(name)
             if fam in ("bot", "coat", "dat"):
                 assert sp.probe is not None and sp.probe.attention is not None, name
+
+
+def test_run_records_utilisation_after_a_warm_stage(registered, tmp_path, shapes_data):
+    """One tiny run with --warm-new-blocks 1: the blocks train first (everything else frozen), the run then trains as
+    usual, and its record carries the utilisation of the inserted block."""
+    from yolo_attn.execute import execute
+    from yolo_attn.plan import Run
+
+    train = {"epochs": 1, "imgsz": 64, "batch": 2, "workers": 0}
+    fast = {"flops_imgsz": 64, "bench_imgsz": 32, "bench_batch": 1, "bench_iters": 1, "bench_warmup": 0}
+    run = Run("yolov8n.yaml", shapes_data, "bot", "sppf_before", train=train, warm_new_blocks=1)
+    rec = execute(run, tmp_path / "sweep", "cpu", fast)
+    assert rec.status == "done", rec.error
+    assert rec.measure_error is None and rec.name.endswith("+warm1")
+    [use] = [BlockUse.from_dict(d) for d in rec.utilisation]
+    assert use.block == "BoT" and use.row == 9 and use.level == 5 and use.n_images == 4
+    assert use.ratio_mean is not None and use.ratio_mean > 0  # trained away from the identity
+    warm = next((tmp_path / "sweep" / "runs").glob("*-warm"))
+    assert (warm / "weights" / "last.pt").is_file()
