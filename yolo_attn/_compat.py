@@ -282,7 +282,9 @@ def check() -> list[str]:
     tasks = importlib.import_module("ultralytics.nn.tasks")
     if not any(hasattr(tasks, n) for n in _CHECKPOINT_LOADERS):
         problems.append(f"checkpoint loader: none of {', '.join(_CHECKPOINT_LOADERS)} in ultralytics.nn.tasks")
-    if not any(hasattr(importlib.import_module(n), "non_max_suppression") for n in _NMS_MODULES):
+    if not any(
+        importlib.util.find_spec(n) and hasattr(importlib.import_module(n), "non_max_suppression") for n in _NMS_MODULES
+    ):
         problems.append(f"non_max_suppression: not in {' or '.join(_NMS_MODULES)}")
     if not hasattr(importlib.import_module("ultralytics.utils.torch_utils"), "NUM_THREADS"):
         problems.append("NUM_THREADS (cpu_threads): not in ultralytics.utils.torch_utils")
