@@ -216,9 +216,7 @@ def _draw_dets(ax, view: _ModelView) -> None:
     for x1, y1, x2, y2, c, k in view.dets[:MAX_DRAWN].tolist():  # NMS sorts by confidence
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, ec="lime"))
         label = view.names.get(int(k), str(int(k))) if isinstance(view.names, dict) else str(int(k))
-        ax.text(
-            x1, y1, f"{label} {c:.2f}", color="black", fontsize=7, va="bottom", backgroundcolor="lime", clip_on=True
-        )
+        ax.text(x1, y1, f"{label} {c:.2f}", color="black", fontsize=7, va="top", backgroundcolor="lime", clip_on=True)
 
 
 def _figure(image: np.ndarray, views: list[_ModelView], path: Path, panel: int) -> Path:
