@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # what the lazily resolved names below are, for readers and t
     import torch
     from ultralytics import YOLO
     from ultralytics.cfg import DEFAULT_CFG_DICT, smart_value
+    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
     from ultralytics.engine.model import Model
     from ultralytics.nn.modules import Classify, Conv
     from ultralytics.nn.tasks import guess_model_task, yaml_model_load
@@ -45,11 +46,14 @@ __all__ = [
     "cfg_models_root",
     "check",
     "cpu_threads",
+    "IMG_FORMATS",
+    "check_det_dataset",
     "get_flops",
     "guess_model_task",
     "load_checkpoint",
     "model_class",
     "model_class_for",
+    "non_max_suppression",
     "smart_value",
     "trainer_state",
     "unwrap",
@@ -72,6 +76,8 @@ _NAMES = {
     "guess_model_task": "ultralytics.nn.tasks:guess_model_task",
     "smart_value": "ultralytics.cfg:smart_value",  # types "3" / "0.01" / "True" as the yolo CLI does
     "yaml_model_load": "ultralytics.nn.tasks:yaml_model_load",
+    "check_det_dataset": "ultralytics.data.utils:check_det_dataset",  # a data YAML -> its resolved split paths
+    "IMG_FORMATS": "ultralytics.data.utils:IMG_FORMATS",  # image file suffixes Ultralytics reads
 }
 
 #: Ultralytics task -> model class in ``ultralytics.nn.tasks``.
@@ -98,6 +104,9 @@ HEAD_MODELS = {
 
 # The checkpoint loader was renamed: 8.4 has ``load_checkpoint``, 8.3 ``attempt_load_one_weight``.
 _CHECKPOINT_LOADERS = ("load_checkpoint", "attempt_load_one_weight")
+
+# NMS moved: 8.4 has ``ultralytics.utils.nms``, 8.3 ``ultralytics.utils.ops`` (same name and arguments).
+_NMS_MODULES = ("ultralytics.utils.nms", "ultralytics.utils.ops")
 
 
 def version() -> str:
@@ -181,6 +190,17 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     raise _missing(f"a checkpoint loader ({' or '.join(_CHECKPOINT_LOADERS)}) in ultralytics.nn.tasks", "none found")
 
 
+def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.7, **kw) -> list:
+    """Ultralytics' NMS of raw detection outputs: one ``(n, 6)`` tensor ``x1, y1, x2, y2, conf, cls`` per image."""
+    for name in _NMS_MODULES:
+        try:
+            fn = importlib.import_module(name).non_max_suppression
+        except (ImportError, AttributeError):
+            continue
+        return fn(prediction, conf_thres, iou_thres, **kw)
+    raise _missing(f"non_max_suppression in {' or '.join(_NMS_MODULES)}", "none found")
+
+
 def unwrap(model: Any) -> torch.nn.Module:
     """The ``nn.Module`` (``DetectionModel``...) inside an Ultralytics ``YOLO`` object; a module unchanged.
 
@@ -260,6 +280,10 @@ def check() -> list[str]:
     tasks = importlib.import_module("ultralytics.nn.tasks")
     if not any(hasattr(tasks, n) for n in _CHECKPOINT_LOADERS):
         problems.append(f"checkpoint loader: none of {', '.join(_CHECKPOINT_LOADERS)} in ultralytics.nn.tasks")
+    if not any(
+        importlib.util.find_spec(n) and hasattr(importlib.import_module(n), "non_max_suppression") for n in _NMS_MODULES
+    ):
+        problems.append(f"non_max_suppression: not in {' or '.join(_NMS_MODULES)}")
     if not hasattr(importlib.import_module("ultralytics.utils.torch_utils"), "NUM_THREADS"):
         problems.append("NUM_THREADS (cpu_threads): not in ultralytics.utils.torch_utils")
     root = cfg_models_root()
