@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None, help="resamples per pass (default: sized to the data)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--half", action="store_true", help="float16 confidences (ties), as half-precision validation")
+    p.add_argument("--no-strata", action="store_true", help="skip the size strata (small, medium, large)")
     a = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -77,12 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"full-sample scores: mAP50 {s.map50:.4f}, mAP50-95 {s.map50_95:.4f} in {time.process_time() - t0:.2f} s CPU")
 
     print(
-        f"paired bootstrap, {a.resamples} resamples, batch {a.batch or 'auto'}; load average {os.getloadavg()[0]:.2f}"
+        f"paired bootstrap, {a.resamples} resamples, batch {a.batch or 'auto'}, strata {not a.no_strata}; "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
     for workers in a.workers:
         for _ in range(a.repeat):
             w0, c0, k0 = time.perf_counter(), time.process_time(), children_cpu()
-            r = paired_bootstrap(base, variant, a.resamples, seed=0, workers=workers, batch_size=a.batch)
+            r = paired_bootstrap(
+                base, variant, a.resamples, seed=0, workers=workers, batch_size=a.batch, strata=not a.no_strata
+            )
             wall, cpu, kids = time.perf_counter() - w0, time.process_time() - c0, children_cpu() - k0
             per = (cpu + kids) / (2 * a.resamples) * 1000
             print(

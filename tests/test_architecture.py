@@ -120,7 +120,13 @@ def test_only_integration_and_compat_import_ultralytics():
 
 
 def test_compat_finds_everything_on_the_installed_ultralytics():
-    from yolo_attn import _compat
+    from yolo_attn import _compat, capture
 
-    missing = _compat.check()
+    missing = _compat.check() + capture.check()  # capture reads through _compat, which cannot import it (layers)
     assert not missing, f"Ultralytics {_compat.version()} lacks what yolo_attn reads from it:\n" + "\n".join(missing)
+
+
+def test_compat_does_not_need_the_statistics(graph):
+    """The layer that reads Ultralytics stays below the statistics; the capture joins the two."""
+    assert not {m for m in graph["yolo_attn._compat"] if m.startswith("yolo_attn.stats")}
+    assert {"yolo_attn._compat", "yolo_attn.stats.matches"} <= graph["yolo_attn.capture"]

@@ -20,7 +20,7 @@ import torch
 import yaml
 from conftest import SHARED
 
-from yolo_attn._compat import ValidationCapture
+from yolo_attn.capture import ValidationCapture
 from yolo_attn.execute import _keep_matches, execute
 from yolo_attn.plan import Run
 from yolo_attn.stats import Matches, map_scores
@@ -169,7 +169,7 @@ def test_capture_maps_entries_to_images_in_both_layouts(layout):
     """Entries land on their images, an image without predictions and labels included (8.3.65 adds no entry for it,
     but it still counts when images are resampled); training validations are not captured."""
     v = _FakeValidator(layout)
-    cap = ValidationCapture()
+    cap = ValidationCapture(areas=False)  # the stand-in has no boxes
     v.training = True
     cap.on_val_start(v)
     assert not cap.captured and "update_metrics" not in vars(v)  # per-epoch validations are not the final one
@@ -187,9 +187,115 @@ def test_capture_maps_entries_to_images_in_both_layouts(layout):
 
 def test_capture_refuses_entries_it_cannot_place():
     v = _FakeValidator("8.3")
-    cap = ValidationCapture()
+    cap = ValidationCapture(areas=False)
     cap.on_val_start(v)
     preds, batch = _batch_and_preds("8.3")
     v.stats["tp"].append(torch.zeros(0, 10, dtype=torch.bool))  # one entry for three images, two of which count
     with pytest.raises(RuntimeError, match="cannot tell which image each belongs to"):
         cap._take(v.stats, 0, preds, batch)
+
+
+# ------------------------------------------------------------------------------------------- areas and pairing
+def _letterbox_set(root: Path) -> str:
+    """One 128 x 96 image (landscape: validation at imgsz 64 letterboxes it) with one 40 x 30 px box of class 0."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    img = np.full((96, 128, 3), 40, np.uint8)
+    img[20:50, 30:70] = 220  # x 30..70, y 20..50
+    Image.fromarray(img).save(root / "images" / "a.png")
+    (root / "labels" / "a.txt").write_text(f"0 {50 / 128:.6f} {35 / 96:.6f} {40 / 128:.6f} {30 / 96:.6f}\n")
+    cfg = {"path": str(root), "train": "images", "val": "images", "names": {0: "box"}}
+    (root / "data.yaml").write_text(yaml.safe_dump(cfg))
+    return str(root / "data.yaml")
+
+
+def test_areas_are_in_original_pixels_for_a_letterboxed_image(tmp_path):
+    """Validated at imgsz 64, the 128 x 96 image is scaled by 1/2 and padded: the 40 x 30 box is 300 px² in the
+    letterboxed image and must come out as 1200 px² (COCO counts areas in the original image)."""
+    import yolo_attn
+    from yolo_attn._compat import YOLO
+
+    yolo_attn.register()
+    cap = ValidationCapture()
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_val_start", cap.on_val_start)
+    model.val(data=_letterbox_set(tmp_path / "lb"), imgsz=64, batch=1, workers=0, plots=False, verbose=False,
+              device="cpu", project=str(tmp_path / "runs"))  # fmt: skip
+    m = cap.matches()
+    assert cap.error is None and m.has_areas and m.n_images == 1
+    assert m.target_area.tolist() == pytest.approx([1200.0], rel=1e-3)
+    assert np.all(m.pred_area <= 128 * 96 + 1e-3)  # predictions are clipped to the original image
+    assert map_scores(m, stratum="medium").classes.tolist() == [0] and len(map_scores(m, stratum="small").classes) == 0
+
+
+@pytest.mark.skipif(not (WEIGHTS.is_file() and COCO.is_dir()), reason="needs ../shared/data (yolov8n.pt, coco128)")
+def test_recomputed_pairs_agree_with_the_validator_on_real_detections(tmp_path):
+    """yolov8n.pt on 8 COCO images (many true positives, letterboxed to 160): the capture's recomputed TPs equal the
+    validator's image by image (else matches() raises), every TP points at a target of its class, the areas lie
+    inside the original images, and the "all" stratum gives Ultralytics' mAP."""
+    import yolo_attn
+    from yolo_attn._compat import YOLO
+
+    yolo_attn.register()
+    cap = ValidationCapture()
+    model = YOLO(str(WEIGHTS))
+    model.add_callback("on_val_start", cap.on_val_start)
+    vm = model.val(data=_coco8(tmp_path / "coco8"), imgsz=160, batch=4, workers=0, plots=False, verbose=False,
+                   device="cpu", project=str(tmp_path / "runs"))  # fmt: skip
+    m = cap.matches()
+    assert cap.error is None and m.has_areas and m.tp[:, 0].sum() >= 10
+    p, j = np.nonzero(m.tp)
+    assert np.array_equal(m.target_cls[m.matched_target[p, j]], m.cls[p])
+    assert m.target_area.max() <= 640 * 640 and m.target_area.min() > 0
+    s = map_scores(m, stratum="all")
+    assert abs(s.map50_95 - vm.box.map) < 1e-6 and abs(s.map50 - vm.box.map50) < 1e-6
+    assert sum(len(map_scores(m, stratum=k).classes) > 0 for k in ("small", "medium", "large")) >= 2
+
+
+def test_pairing_rule_reproduces_the_installed_match_predictions():
+    """The rule the capture picks gives exactly the installed validator's TP flags on random IoU matrices (ties and
+    IoUs right at the thresholds included), whichever Ultralytics is installed."""
+    from yolo_attn import capture
+
+    validator = capture._read("DetectionValidator")
+    probe = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
+    rule = capture._matching_rule(lambda *a: validator.match_predictions(probe, *a), probe.iouv)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n_t, n_d = rng.integers(1, 6, 2)
+        iou = torch.tensor(
+            rng.choice([0.0, 0.3, 0.5, 0.55, 0.7, 0.9, 0.95, rng.random()], (n_t, n_d)), dtype=torch.float32
+        )
+        t_cls, p_cls = torch.tensor(rng.integers(0, 2, n_t)), torch.tensor(rng.integers(0, 2, n_d))
+        want = validator.match_predictions(probe, p_cls, t_cls, iou).numpy()
+        pairs = rule((iou * (t_cls[:, None] == p_cls)).numpy(), probe.iouv.numpy())
+        assert np.array_equal(pairs >= 0, want)
+        hit = pairs >= 0
+        assert np.all(t_cls.numpy()[pairs[hit]] == np.broadcast_to(p_cls.numpy()[:, None], pairs.shape)[hit])
+        for k in range(pairs.shape[1]):  # one detection per target and threshold
+            taken = pairs[:, k][pairs[:, k] >= 0]
+            assert len(np.unique(taken)) == len(taken)
+
+
+def test_capture_fails_loudly_without_boxes_or_with_other_true_positives():
+    """Areas asked for: a validator without the box methods, or recomputed TPs that differ from the validator's,
+    make matches() raise (the run's record then says why) instead of writing wrong strata."""
+    v = _FakeValidator("8.4")
+    cap = ValidationCapture()
+    cap.on_val_start(v)
+    preds, batch = _batch_and_preds("8.4")
+    v.update_metrics(preds, batch)
+    with pytest.raises(RuntimeError, match="box areas not captured: .*lacks"):
+        cap.matches()
+    v = _FakeValidator("8.4")
+    cap = ValidationCapture()
+    cap.on_val_start(v)
+    cap.error = None  # as if the validator had the box methods
+    stats = v.metrics.stats
+    type(v).update_metrics(v, preds, batch)  # the stand-in's own update (not the wrapper): 3 entries
+    none = [(np.zeros(0, np.float32), np.zeros(n, np.float32), np.full((n, 10), -1)) for n in (2, 0, 1)]
+    cap._take(stats, 0, preds, batch, none)  # the stand-in marks 2 TPs in image 0; "recomputed": none
+    with pytest.raises(RuntimeError, match="differ from the validator's"):
+        cap.matches()

@@ -1,14 +1,26 @@
 """The report reads only the store: tables, deltas against the same-seed baseline, Pareto front, PNG plots, CLI."""
 
 import csv
+import dataclasses
 import json
 import re
 
 import pytest
 
 from yolo_attn.cli import main
-from yolo_attn.report import load_records, pareto_front, summarize, write_report
-from yolo_attn.store import STORE_NAME, ResultStore
+from yolo_attn.report import (
+    METRICS,
+    ConfigSummary,
+    Spread,
+    compare,
+    load_records,
+    pareto_front,
+    run_views,
+    summarize,
+    write_report,
+)
+from yolo_attn.stats import PairedBootstrap, SeedInterval, Verdict
+from yolo_attn.store import STORE_NAME, ResultStore, RunRecord
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TRAIN = {"epochs": 1, "imgsz": 32}
@@ -79,13 +91,14 @@ def test_pareto_front():
 
 def test_summary_deltas_against_same_seed_baseline(store):
     rows = summarize(list(ResultStore(store / STORE_NAME).records().values()))
-    by = {r["config"]: r for r in rows}
+    by = {r.config: r for r in rows}
     assert set(by) == {"yolov8n (baseline)", "bot@sppf_before", "dat@neck"}  # the failed run is not aggregated
     bot = by["bot@sppf_before"]
-    assert bot["seeds"] == 2
-    assert bot["d_map50_95_all"] == pytest.approx([0.02, 0.01])  # per seed: 0.32-0.30, 0.35-0.34
-    assert bot["d_map50_95"] == pytest.approx(0.015) and bot["d_map50_95_std"] == pytest.approx(0.00707, abs=1e-4)
-    assert by["dat@neck"]["gflops"] == 12.0 and by["dat@neck"]["gflops_ultralytics"] == 10.0
+    assert bot.seeds == 2
+    d = bot.delta["map50_95"]
+    assert d.values == pytest.approx([0.02, 0.01])  # per seed: 0.32-0.30, 0.35-0.34
+    assert d.mean == pytest.approx(0.015) and d.std == pytest.approx(0.00707, abs=1e-4)
+    assert by["dat@neck"].gflops.mean == 12.0 and by["dat@neck"].gflops_ultralytics.mean == 10.0
 
 
 def test_write_report_files(store):
@@ -174,16 +187,20 @@ def test_intervals_and_verdicts_from_per_image_files(tmp_path):
     store = _matches_store(tmp_path)
     paths = write_report(store, resamples=300)
     md = paths["markdown"].read_text()
-    by = {r["config"]: r for r in paths["summary"]}
+    by = {r.config: r for r in paths["summary"]}
     dat, bot = by["dat@sppf_before"], by["bot@sppf_before"]
-    assert dat["verdict_map50_95"] == "better" and dat["verdict_map50_95_note"] is None
-    assert 0 < dat["d_map50_95_low"] < dat["d_map50_95"] < dat["d_map50_95_high"]
-    assert 0 < dat["d_map50_95_seed_low"] and dat["pairs"] == 3 and dat["n_images"] == 150
-    assert bot["d_map50_95_low"] < bot["d_map50_95"] < bot["d_map50_95_high"]
-    assert dat["d_map50_95_detectable"] == pytest.approx(
-        max(dat["d_map50_95_high"] - dat["d_map50_95_low"], dat["d_map50_95_seed_high"] - dat["d_map50_95_seed_low"])
-        / 2
-    )
+    assert dat.verdicts["map50_95"].label == "better" and dat.verdicts["map50_95"].note is None
+    img, seeds = dat.image_interval("map50_95"), dat.seed_intervals["map50_95"]
+    assert 0 < img.low < dat.delta["map50_95"].mean < img.high
+    assert 0 < seeds.low and dat.pairs == 3 and dat.n_images == 150
+    assert bot.image_interval("map50_95").low < bot.delta["map50_95"].mean < bot.image_interval("map50_95").high
+    assert dat.detectable("map50_95") == pytest.approx(max(img.high - img.low, seeds.high - seeds.low) / 2)
+    # the statistics are the objects yolo_attn.stats returns, and each run holds its own one-pair comparison
+    assert isinstance(dat.bootstrap, PairedBootstrap) and dat.bootstrap.n_pairs == 3
+    assert all(isinstance(v, Verdict) for v in dat.verdicts.values()) and set(dat.verdicts) == set(METRICS)
+    assert isinstance(seeds, SeedInterval) and seeds.n == 3 and dat.limited_by("map50_95") in ("images", "seeds")
+    assert all(isinstance(v.bootstrap, PairedBootstrap) and v.bootstrap.n_pairs == 1 for v in dat.runs)
+    assert by["yolov8n (baseline)"].bootstrap is None and not by["yolov8n (baseline)"].verdicts
     # the bootstrap's full-sample difference is the records' mean same-seed difference (the files are the records)
     recs = load_records(store)
     matches, notes = load_matches(store, recs)
@@ -213,8 +230,12 @@ def test_images_in_another_order_pair_the_same(tmp_path):
     a = write_report(_matches_store(tmp_path / "a", seeds=(0,)), resamples=200)["summary"]
     b = write_report(_matches_store(tmp_path / "b", seeds=(0,), shuffle_ids=True), resamples=200)["summary"]
     for ra, rb in zip(a, b):
-        for k in ("d_map50_95", "d_map50_95_low", "d_map50_95_high", "d_map50_low", "d_map50_high"):
-            assert ra.get(k) == pytest.approx(rb.get(k), abs=1e-12), (ra["config"], k)
+        assert ra.delta["map50_95"].mean == pytest.approx(rb.delta["map50_95"].mean, abs=1e-12), ra.config
+        for m in ("map50_95", "map50"):
+            ia, ib = ra.image_interval(m), rb.image_interval(m)
+            assert (ia is None) == (ib is None) == ra.baseline
+            if ia is not None:
+                assert (ia.low, ia.high) == pytest.approx((ib.low, ib.high), abs=1e-12), (ra.config, m)
 
 
 def test_runs_without_per_image_files_have_no_intervals(store):
@@ -223,7 +244,7 @@ def test_runs_without_per_image_files_have_no_intervals(store):
     md = paths["markdown"].read_text()
     assert "Intervals unavailable for 6 runs without a per-image file" in md
     assert "- (no per-image file)" in md
-    assert paths["summary"][1]["intervals"] == "no per-image file"
+    assert paths["summary"][1].unavailable == "no per-image file" and paths["summary"][1].bootstrap is None
 
 
 def test_two_datasets_have_a_section_each_and_a_combined_table(tmp_path):
@@ -237,3 +258,126 @@ def test_two_datasets_have_a_section_each_and_a_combined_table(tmp_path):
     names = {p.name for p in paths["plots"]}
     assert {"delta_by_position-a_shapes.png", "delta_by_position-b_shapes.png"} <= names
     assert {r["dataset"] for r in csv.DictReader(paths["summary_csv"].open())} == {"a/shapes.yaml", "b/shapes.yaml"}
+
+
+# --------------------------------------------------------------------------------------------------- typed data
+def test_spread_over_seeds():
+    s = Spread.of([0.30, None, float("nan"), 0.34, True])  # missing, non-finite and bools are not values
+    assert s.values == (0.30, 0.34) and s.mean == pytest.approx(0.32) and s.std == pytest.approx(0.02828, abs=1e-5)
+    assert Spread.of([0.3]).std is None and Spread().mean is None
+
+
+def _typed_records():
+    """Baselines of seeds 0 and 1; a variant of seeds 0, 1 and 2 (2 has no baseline); a failed variant run."""
+    recs = [
+        RunRecord(f"b{s}", name="yolov8n", status="done", baseline=True, base="yolov8n.yaml", seed=s,
+                  map50_95=0.30 + s / 100, map50=0.5, params=3_000_000, latency_ms={1: 10.0})
+        for s in (0, 1)
+    ]  # fmt: skip
+    recs += [
+        RunRecord(f"v{s}", name="yolov8n-bot-neck", status="done", base="yolov8n.yaml", block="BoT", family="bot",
+                  position="neck", seed=s, map50_95=0.33 + s / 50, map50=0.5, params=3_100_000, latency_ms={1: 12.5})
+        for s in (0, 1, 2)
+    ]  # fmt: skip
+    recs.append(RunRecord("f0", name="yolov8n-bot-neck", status="failed", block="BoT", family="bot", seed=0))
+    return recs
+
+
+def test_run_views_pair_each_run_with_its_same_seed_baseline():
+    views = {v.key: v for v in run_views(_typed_records())}
+    assert views["v1"].baseline.key == "b1" and views["v1"].deltas["map50_95"] == pytest.approx(0.04)
+    assert views["v0"].deltas["params"] == 100_000 and views["v0"].deltas["latency_ms_b1"] == pytest.approx(2.5)
+    assert views["v2"].baseline is None and not views["v2"].deltas  # no baseline of seed 2
+    assert views["f0"].baseline is None and not views["f0"].deltas  # failed runs are not compared
+    assert views["b0"].baseline.key == "b0" and views["b0"].deltas["map50_95"] == 0  # a baseline is its own
+
+
+def test_compare_returns_new_summaries_and_leaves_its_input_alone():
+    base, bot = summarize(_typed_records())
+    assert isinstance(bot, ConfigSummary) and (base.config, bot.config) == ("yolov8n (baseline)", "bot@neck")
+    assert bot.seeds == 3 and bot.seed_list == [0, 1, 2] and bot.delta["map50_95"].values == pytest.approx([0.03, 0.04])
+    assert bot.params.mean == 3_100_000 and bot.latency_ms_b1.mean == 12.5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bot.pairs = 1
+    base2, bot2 = compare([base, bot], matches={})
+    assert base2 is base and bot2 is not bot
+    assert bot2.pairs == 2 and bot2.unavailable == "no per-image file" and not bot2.verdicts
+    assert bot.pairs is None and bot.unavailable is None  # the input is unchanged
+    # a variant whose seeds have no baseline at all
+    lone = [r for r in _typed_records() if r.key == "v2"]
+    (c,) = compare(summarize(lone), matches={})
+    assert c.pairs == 0 and c.unavailable == "no baseline of the same seed"
+
+
+RESULTS_COLUMNS = (
+    "key,name,status,baseline,base,block,family,position,args,seed,map50,map50_95,precision,recall,d_map50_95,"
+    "d_map50_95_low,d_map50_95_high,d_map50,d_map50_low,d_map50_high,verdict_map50_95,verdict_map50,params,gflops,"
+    "gflops_ultralytics,gflops_imgsz,latency_ms_b1,peak_mb_b1,bench_batch,bench_imgsz,bench_device,imgsz,epochs,"
+    "train_s,wall_s,device,data,train,pretrained,error,started,finished,model,inserted,pretrained_run,pid,cpu_s,"
+    "model_yaml,save_dir,weights,log,fitness,measure_error,fuse_error,latency_ms_b8,peak_mb_b8,baseline_key,"
+    "d_gflops,d_params,d_latency_ms_b1,config"
+)
+SUMMARY_COLUMNS = (
+    "dataset,group,config,baseline,seeds,seed_list,pairs,n_images,map50,map50_std,map50_95,map50_95_std,d_map50_95,"
+    "d_map50_95_std,d_map50_95_low,d_map50_95_high,d_map50_95_seed_low,d_map50_95_seed_high,d_map50_95_detectable,"
+    "d_map50_95_limited_by,verdict_map50_95,verdict_map50_95_note,d_map50,d_map50_std,d_map50_low,d_map50_high,"
+    "d_map50_seed_low,d_map50_seed_high,d_map50_detectable,d_map50_limited_by,verdict_map50,verdict_map50_note,"
+    "intervals,params,gflops,gflops_ultralytics,gflops_imgsz,latency_ms_b1,data,train"
+)
+
+
+def test_csv_column_names_stay_what_users_read(store):
+    """The column names of results.csv and summary.csv, as the dict-based report wrote them."""
+    paths = write_report(store)
+    assert paths["csv"].read_text().splitlines()[0] == RESULTS_COLUMNS
+    assert paths["summary_csv"].read_text().splitlines()[0] == SUMMARY_COLUMNS
+    rows = {r["key"]: r for r in csv.DictReader(paths["csv"].open())}
+    assert rows["yolov8n-bot-sppf_before-1"]["d_params"] == "100000" and rows["broken-0"]["config"] == ""
+    assert float(rows["yolov8n-dat-neck-0"]["d_gflops"]) == pytest.approx(3.3)
+
+
+def test_report_sections_are_one_function_each(store, monkeypatch):
+    """A new part of report.md is one function in one list: settings, after each group's table, after the datasets."""
+    from yolo_attn.report import write
+
+    monkeypatch.setattr(write, "SETTINGS", [*write.SETTINGS, lambda rep: [f"- split: val ({len(rep.runs)} runs)"]])
+    groups = [*write.GROUP_SECTIONS, lambda group: [f"strata of {', '.join(c.config for c in group)}", ""]]
+    monkeypatch.setattr(write, "GROUP_SECTIONS", groups)
+    monkeypatch.setattr(write, "TAIL_SECTIONS", [*write.TAIL_SECTIONS, lambda rep: ["## Search", "", "screened", ""]])
+    md = write_report(store)["markdown"].read_text()
+    assert "- split: val (7 runs)" in md and "strata of yolov8n (baseline), bot@sppf_before, dat@neck" in md
+    assert md.index("## Per configuration") < md.index("strata of") < md.index("## Per run") < md.index("## Search")
+
+
+def test_plot_texts_fit_in_their_figures(tmp_path, monkeypatch):
+    """Titles, axis labels and the cost plot's panel titles stay inside the figure (the per-position subtitle was cut
+    at the right edge), also with a long device name and one insertion point (the narrowest figure)."""
+    from yolo_attn.report import plots
+
+    figures = []
+    make = plots._figure
+    monkeypatch.setattr(plots, "_figure", lambda *a, **kw: figures.append(make(*a, **kw)) or figures[-1])
+    recs = []
+    for seed in (0, 1, 2):
+        kw = dict(status="done", seed=seed, base="yolov8n.yaml", gflops=8.7, gflops_ultralytics=8.7, params=3_000_000,
+                  gflops_imgsz=640, bench_device="cuda:0 (NVIDIA H100 80GB HBM3), torch 2.14.1", latency_ms={1: 2.0})  # fmt: skip
+        recs.append(RunRecord(f"b{seed}", name="yolov8n", baseline=True, map50_95=0.30 + seed / 100, **kw))
+        recs.append(RunRecord(f"v{seed}", name="yolov8n-dat", block="DATBlock", family="dat", position="sppf_before",
+                              map50_95=0.33 + seed / 90, **kw))  # fmt: skip
+    summary = compare(summarize(recs), matches={})
+    drawn = [
+        plots.plot_map_vs_gflops(summary, tmp_path / "a.png"),
+        plots.plot_delta_by_position(summary, tmp_path / "b.png"),
+        plots.plot_cost(summary, tmp_path / "c.png", title="a long dataset name/that/goes/on/shapes-large.yaml"),
+    ]
+    assert all(p is not None and p.read_bytes()[:8] == PNG for p in drawn) and len(figures) == 3
+    for fig in figures:
+        renderer = fig.canvas.get_renderer()
+        texts = [fig._suptitle] if fig._suptitle is not None else []
+        for ax in fig.axes:
+            texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        for t in texts:
+            if t.get_text():
+                box = t.get_window_extent(renderer)
+                assert box.x0 >= -1 and box.y0 >= -1, t.get_text()
+                assert box.x1 <= fig.bbox.x1 + 1 and box.y1 <= fig.bbox.y1 + 1, t.get_text()

@@ -159,14 +159,15 @@ def test_planted_harmful_candidate_is_dropped_and_never_confirmed(reference):
     # over the confirmation runs gives the search's confirmed intervals
     recs = load_records(tmp_path)
     summary = summarize(recs)
-    groups = {tuple(sorted(r["seed_list"])): r["group"] for r in summary if r["baseline"]}
+    groups = {tuple(sorted(c.seed_list)): c.group for c in summary if c.baseline}
     assert set(groups) == {(100,), (0, 1, 2)} and groups[(100,)] != groups[(0, 1, 2)]
-    compare(summary, load_matches(tmp_path, recs)[0], resamples=200)
-    rows = {r["config"]: r for r in summary if not r["baseline"] and r["group"] == groups[(0, 1, 2)]}
+    summary = compare(summary, load_matches(tmp_path, recs)[0], resamples=200)
+    rows = {c.config: c for c in summary if not c.baseline and c.group == groups[(0, 1, 2)]}
     assert sorted(rows) == [f"ContractScale@{p}" for p in sorted(POSITIONS)]
     for c in o.confirmed:
         row = rows[f"ContractScale@{c.position}"]
-        assert (row["d_map50_95_low"], row["d_map50_95_high"], row["verdict_map50_95"]) == (c.low, c.high, c.verdict)
+        iv = row.image_interval("map50_95")
+        assert (iv.low, iv.high, row.verdicts["map50_95"].label) == (c.low, c.high, c.verdict)
 
 
 def test_budget_limits_the_kept_candidates(tmp_path):

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # what the lazily resolved names below are, for readers and t
     import torch
     from ultralytics import YOLO
     from ultralytics.cfg import DEFAULT_CFG_DICT, smart_value
+    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
     from ultralytics.engine.model import Model
     from ultralytics.nn.modules import Classify, Conv
     from ultralytics.nn.tasks import guess_model_task, yaml_model_load
@@ -41,17 +42,18 @@ __all__ = [
     "LOGGER",
     "Model",
     "TASK_MODELS",
-    "ValidationCapture",
     "YOLO",
-    "ap_tail",
     "cfg_models_root",
     "check",
     "cpu_threads",
+    "IMG_FORMATS",
+    "check_det_dataset",
     "get_flops",
     "guess_model_task",
     "load_checkpoint",
     "model_class",
     "model_class_for",
+    "non_max_suppression",
     "smart_value",
     "trainer_state",
     "unwrap",
@@ -74,6 +76,8 @@ _NAMES = {
     "guess_model_task": "ultralytics.nn.tasks:guess_model_task",
     "smart_value": "ultralytics.cfg:smart_value",  # types "3" / "0.01" / "True" as the yolo CLI does
     "yaml_model_load": "ultralytics.nn.tasks:yaml_model_load",
+    "check_det_dataset": "ultralytics.data.utils:check_det_dataset",  # a data YAML -> its resolved split paths
+    "IMG_FORMATS": "ultralytics.data.utils:IMG_FORMATS",  # image file suffixes Ultralytics reads
 }
 
 #: Ultralytics task -> model class in ``ultralytics.nn.tasks``.
@@ -100,6 +104,9 @@ HEAD_MODELS = {
 
 # The checkpoint loader was renamed: 8.4 has ``load_checkpoint``, 8.3 ``attempt_load_one_weight``.
 _CHECKPOINT_LOADERS = ("load_checkpoint", "attempt_load_one_weight")
+
+# NMS moved: 8.4 has ``ultralytics.utils.nms``, 8.3 ``ultralytics.utils.ops`` (same name and arguments).
+_NMS_MODULES = ("ultralytics.utils.nms", "ultralytics.utils.ops")
 
 
 def version() -> str:
@@ -183,6 +190,17 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     raise _missing(f"a checkpoint loader ({' or '.join(_CHECKPOINT_LOADERS)}) in ultralytics.nn.tasks", "none found")
 
 
+def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.7, **kw) -> list:
+    """Ultralytics' NMS of raw detection outputs: one ``(n, 6)`` tensor ``x1, y1, x2, y2, conf, cls`` per image."""
+    for name in _NMS_MODULES:
+        try:
+            fn = importlib.import_module(name).non_max_suppression
+        except (ImportError, AttributeError):
+            continue
+        return fn(prediction, conf_thres, iou_thres, **kw)
+    raise _missing(f"non_max_suppression in {' or '.join(_NMS_MODULES)}", "none found")
+
+
 def unwrap(model: Any) -> torch.nn.Module:
     """The ``nn.Module`` (``DetectionModel``...) inside an Ultralytics ``YOLO`` object; a module unchanged.
 
@@ -262,172 +280,13 @@ def check() -> list[str]:
     tasks = importlib.import_module("ultralytics.nn.tasks")
     if not any(hasattr(tasks, n) for n in _CHECKPOINT_LOADERS):
         problems.append(f"checkpoint loader: none of {', '.join(_CHECKPOINT_LOADERS)} in ultralytics.nn.tasks")
+    if not any(
+        importlib.util.find_spec(n) and hasattr(importlib.import_module(n), "non_max_suppression") for n in _NMS_MODULES
+    ):
+        problems.append(f"non_max_suppression: not in {' or '.join(_NMS_MODULES)}")
     if not hasattr(importlib.import_module("ultralytics.utils.torch_utils"), "NUM_THREADS"):
         problems.append("NUM_THREADS (cpu_threads): not in ultralytics.utils.torch_utils")
     root = cfg_models_root()
     if not (root / "v8" / "yolov8.yaml").is_file():
         problems.append(f"model YAMLs: {root}/v8/yolov8.yaml not found")
-    problems += _check_validation_capture()
-    return problems
-
-
-# ------------------------------------------------------------------------------------ validation matches (issue 13)
-# What Ultralytics' detection validator matched, image by image, kept for paired statistics (yolo_attn.stats). The
-# validator computes it on every validation and throws it away once mAP is computed; ``ValidationCapture`` wraps the
-# validator's own ``update_metrics`` (present in 8.3.65 and 8.4) and copies out the entries it appended, so the
-# matching itself is always Ultralytics'. Where the entries live differs:
-# - 8.4: ``validator.metrics.stats`` (a dict of lists: tp, conf, pred_cls, target_cls, target_img), one entry per
-#   image, numpy arrays; ``get_stats`` clears them, so an ``on_val_end`` callback would be too late.
-# - 8.3.65: ``validator.stats`` (same keys), torch tensors on the device, and no entry for an image with neither
-#   predictions nor labels (such an image still counts in a resample of the images).
-
-
-def _stat_lists(validator: Any) -> dict:
-    """The validator's per-image stat lists (see above), wherever this Ultralytics keeps them."""
-    for holder in (getattr(validator, "metrics", None), validator):
-        stats = getattr(holder, "stats", None)
-        if isinstance(stats, dict) and isinstance(stats.get("tp"), list):
-            return stats
-    raise _missing("the detection validator's per-image stat lists (metrics.stats or stats)", "not found")
-
-
-def _numpy(x: Any) -> Any:
-    import numpy as np
-
-    if hasattr(x, "detach"):  # torch tensor (8.3.65 keeps them on the device)
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _n_predictions(pred: Any) -> int:
-    """Predictions of one image: a dict with ``cls`` (8.4) or an (n, 6) tensor (8.3.65)."""
-    return len(pred["cls"]) if isinstance(pred, dict) else len(pred)
-
-
-class ValidationCapture:
-    """Keeps the per-image matching results of a detection validation (see :class:`yolo_attn.stats.Matches`).
-
-    Register :meth:`on_val_start` as an ``on_val_start`` callback of a YOLO object before ``train`` or ``val``: the
-    first validation that is not part of a training epoch is captured (during ``train`` that is the final validation
-    of ``best.pt``, whose figures ``train`` returns). Nothing is captured when training runs in DDP subprocesses,
-    which do not see the callback: :attr:`captured` stays False.
-
-    Attributes:
-        captured: A validation was captured (complete once it returned).
-        images: Per image: (file, tp (n, T) bool, conf (n,), pred_cls (n,), target_cls (g,)).
-        root: The dataset root the image ids are made relative to.
-        names: Class names of the validated model.
-    """
-
-    def __init__(self) -> None:
-        self.captured = False
-        self.images: list[tuple[str, Any, Any, Any, Any]] = []
-        self.root: str | None = None
-        self.names: dict | None = None
-        self.iou_thresholds: Any = None
-
-    def on_val_start(self, validator: Any) -> None:
-        """The callback: wrap this validator's ``update_metrics`` unless the validation is part of training."""
-        if self.captured or getattr(validator, "training", False):
-            return
-        if not hasattr(validator, "_process_batch"):  # not a detection validator (classification...)
-            return
-        self.captured = True
-        self.images = []
-        data = getattr(validator, "data", None) or {}
-        self.root = str(data.get("path")) if data.get("path") else None
-        iouv = getattr(validator, "iouv", None)
-        self.iou_thresholds = _numpy(iouv).astype("float64") if iouv is not None else None
-        original = validator.update_metrics
-
-        def update_metrics(preds: Any, batch: dict) -> None:
-            stats = _stat_lists(validator)
-            n0 = len(stats["tp"])
-            original(preds, batch)
-            self._take(stats, n0, preds, batch)
-            if self.names is None:
-                names = getattr(validator, "names", None) or getattr(getattr(validator, "metrics", None), "names", None)
-                self.names = dict(names) if names else None
-
-        validator.update_metrics = update_metrics  # this instance only: the class and other validators are untouched
-
-    def _take(self, stats: dict, n0: int, preds: Any, batch: dict) -> None:
-        import numpy as np
-
-        new = len(stats["tp"]) - n0
-        bi = _numpy(batch["batch_idx"]).reshape(-1)
-        has_entry = [_n_predictions(p) > 0 or bool((bi == si).sum()) for si, p in enumerate(preds)]
-        if new == len(preds):  # one entry per image (8.4)
-            has_entry = [True] * len(preds)
-        elif new != sum(has_entry):
-            raise RuntimeError(
-                f"Ultralytics {version()}: the validator added {new} stat entries for {len(preds)} images "
-                f"({sum(has_entry)} with predictions or labels); cannot tell which image each belongs to"
-            )
-        k = n0
-        for si, entry in enumerate(has_entry):
-            file = str(batch["im_file"][si])
-            if entry:
-                tp, conf, cls, tcls = (_numpy(stats[key][k]) for key in ("tp", "conf", "pred_cls", "target_cls"))
-                k += 1
-            else:
-                n_thr = len(self.iou_thresholds) if self.iou_thresholds is not None else 10
-                tp, conf, cls, tcls = np.zeros((0, n_thr), bool), np.zeros(0), np.zeros(0), np.zeros(0)
-            self.images.append((file, tp.astype(bool), conf.reshape(-1), cls.reshape(-1), tcls.reshape(-1)))
-
-    def image_ids(self) -> list[str]:
-        """Each image's file, relative to the dataset root when it lies inside it."""
-        out = []
-        for file, *_ in self.images:
-            p = Path(file)
-            if self.root:
-                try:
-                    p = p.resolve().relative_to(Path(self.root).resolve())
-                except ValueError:
-                    pass
-            out.append(p.as_posix())
-        return out
-
-    def matches(self) -> Any:
-        """The captured validation as :class:`yolo_attn.stats.Matches` (None when nothing was captured)."""
-        from yolo_attn.stats import IOU_THRESHOLDS, Matches
-
-        if not self.captured or not self.images:
-            return None
-        _, tp, conf, cls, tcls = zip(*self.images)
-        thr = self.iou_thresholds if self.iou_thresholds is not None else IOU_THRESHOLDS
-        return Matches.from_images(
-            list(tp),
-            list(conf),
-            list(cls),
-            list(tcls),
-            iou_thresholds=thr,
-            names=self.names,
-            image_ids=self.image_ids(),
-            ap_tail=ap_tail(),
-        )
-
-
-def ap_tail() -> str:
-    """How the installed Ultralytics ends the precision-recall curve (:data:`yolo_attn.stats.AP_TAILS`)."""
-    from yolo_attn.stats import detect_ap_tail
-
-    compute_ap = _resolve("ultralytics.utils.metrics:compute_ap")
-    try:
-        return detect_ap_tail(compute_ap)
-    except AttributeError as e:  # 8.3's compute_ap calls np.trapz, which numpy 2.4 removed; register() restores it
-        raise RuntimeError(f"Ultralytics {version()}'s compute_ap failed ({e}): call yolo_attn.register() first") from e
-
-
-def _check_validation_capture() -> list[str]:
-    """What :class:`ValidationCapture` and :func:`ap_tail` read, as :func:`check` reports it."""
-    problems = []
-    try:
-        validator = _resolve("ultralytics.models.yolo.detect:DetectionValidator")
-        for attr in ("update_metrics", "_process_batch"):
-            if not callable(getattr(validator, attr, None)):
-                problems.append(f"DetectionValidator.{attr}: missing in Ultralytics {version()}")
-        _resolve("ultralytics.utils.metrics:compute_ap")
-    except ImportError as e:
-        problems.append(f"validation capture: {e}")
     return problems

@@ -13,6 +13,7 @@ Shell examples::
     yolo-attn flops cfg/yolov8-dat-sppf_before.yaml --imgsz 640
     yolo-attn gpu-check --device 0                   # scripts/gpu_check.sh: the prepared GPU check
     yolo-attn insert yolov8.yaml dat sppf_before -o my-variant.yaml
+    yolo-attn explain base.pt variant.pt --source val/images --out figs   # detections, CAM, attention maps
 
 Examples:
     >>> from yolo_attn.cli import main
@@ -110,6 +111,7 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
         baseline=not a.no_baseline,
         block_args=block_args,
         models=a.models or [],
+        warm_new_blocks=a.warm_new_blocks,
     )
     if a.plan_only:
         for i, r in enumerate(plan, 1):
@@ -234,6 +236,30 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------- explain
+def _cmd_explain(a: argparse.Namespace) -> int:
+    from yolo_attn.explain import explain
+
+    paths = explain(
+        a.weights, a.source, a.out, imgsz=a.imgsz, max_images=a.max_images or None, cam_layer=a.cam_layer, conf=a.conf
+    )
+    for q in paths:
+        print(f"figure: {q}")
+    return 0
+
+
+def _add_explain_parser(sub) -> None:
+    e = sub.add_parser("explain", help="figures per image, models side by side: detections, CAM, each block's map")
+    e.add_argument("weights", nargs="+", help="trained weights (.pt) or model YAMLs, one figure row each")
+    e.add_argument("--source", required=True, help="image file, folder or glob")
+    e.add_argument("--out", required=True, help="output folder for the PNGs")
+    e.add_argument("--imgsz", type=int, default=640, help="letterbox size")
+    e.add_argument("--max-images", type=int, default=4, help="first N images of the source, sorted (0: all)")
+    e.add_argument("--cam-layer", type=int, default=None, help="row EigenCAM explains (default: the row before Detect)")
+    e.add_argument("--conf", type=float, default=0.25, help="detection confidence threshold")
+    e.set_defaults(func=_cmd_explain)
+
+
 # --------------------------------------------------------------------------------------------------- insert / generate
 def _cmd_insert(a: argparse.Namespace) -> int:
     import yaml
@@ -329,6 +355,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--pretrained", default=None, help="weights transferred into every run (e.g. yolov8n.pt)")
     s.add_argument("--no-baseline", action="store_true", help="leave the unmodified base out")
+    s.add_argument(
+        "--warm-new-blocks",
+        type=int,
+        default=0,
+        metavar="E",
+        help="first E epochs train only the inserted blocks (the rest frozen), then the normal schedule",
+    )
     s.add_argument("--devices", nargs="+", default=None, help="one run per device at a time: cpu | 0 | 0 1 | cpu cpu")
     s.add_argument("--retry-failed", action="store_true", help="redo runs recorded as failed")
     g = s.add_argument_group("on a Ray cluster (pip install 'yolo-attn[ray]')")
@@ -445,6 +478,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true", help="do not write; exit 1 if the files differ from the generator")
     g.add_argument("--no-validate", action="store_true", help="skip building each variant")
     g.set_defaults(func=_cmd_generate)
+
+    _add_explain_parser(sub)
 
     i = sub.add_parser("info", help="versions, registered blocks, positions")
     i.set_defaults(func=_cmd_info)

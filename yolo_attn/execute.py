@@ -253,6 +253,36 @@ def _pretrained_loader(weights: str, rec: RunRecord) -> tuple[Any, Any]:
     return load, count
 
 
+def _warm_stage(run: Run, rec: RunRecord, model_path: str, out: Path, device: str) -> str:
+    """Train only the rows holding registered blocks for ``run.warm_new_blocks`` epochs, every other row frozen with
+    Ultralytics' ``freeze`` (frozen rows' BN statistics still follow the data, as under any ``freeze``); returns the
+    weights it ends with (``last.pt``), which the run's own schedule then starts from. The pretrained transfer of
+    this stage is the one ``rec.transfer`` counts."""
+    from yolo_attn._compat import YOLO
+    from yolo_attn.explain import find_blocks
+
+    model = YOLO(model_path)
+    rows = {b.row for b in find_blocks(model)}
+    if not rows:
+        raise ValueError(f"warm_new_blocks={run.warm_new_blocks}: {model_path} holds no registered block to train")
+    if run.pretrained:
+        load, count = _pretrained_loader(run.pretrained, rec)
+        model.add_callback("on_pretrain_routine_start", load)
+        model.add_callback("on_pretrain_routine_end", count)
+    frozen = [i for i in range(len(model.model.model)) if i not in rows]
+    model.train(
+        data=run.data,
+        seed=run.seed,
+        device=device,
+        project=str((out / "runs").resolve()),
+        name=f"{run.name}-{run.key[:8]}-warm",
+        exist_ok=True,
+        pretrained=run.pretrained or False,
+        **{"plots": False, **run.train, "epochs": run.warm_new_blocks, "freeze": frozen},
+    )
+    return str(model.trainer.last)
+
+
 def _keep_matches(run: Run, rec: RunRecord, capture: Any, trainer: Any, out: Path, device: str) -> None:
     """Store the final validation's per-image matches as the run's ``matches`` artifact and describe them.
 
@@ -263,7 +293,8 @@ def _keep_matches(run: Run, rec: RunRecord, capture: Any, trainer: Any, out: Pat
     """
     import tempfile
 
-    from yolo_attn._compat import YOLO, ValidationCapture
+    from yolo_attn._compat import YOLO
+    from yolo_attn.capture import ValidationCapture
     from yolo_attn.stats import map_scores
 
     source, trained = "final validation", {}
@@ -334,7 +365,8 @@ def execute(
     rec.versions = versions()
     try:
         import yolo_attn
-        from yolo_attn._compat import YOLO, ValidationCapture
+        from yolo_attn._compat import YOLO
+        from yolo_attn.capture import ValidationCapture
 
         yolo_attn.register()
         rec.family = _family(run.block)
@@ -349,9 +381,10 @@ def execute(
                 if made.get(k):
                     setattr(rec, k, made[k])
         rec.model_yaml = model_path
+        pretrained = _warm_stage(run, rec, model_path, out, device) if run.warm_new_blocks else run.pretrained
         model = YOLO(model_path)
-        if run.pretrained:
-            load, count = _pretrained_loader(run.pretrained, rec)
+        if pretrained:  # after a warm stage its weights start the schedule; rec.transfer keeps the first transfer
+            load, count = _pretrained_loader(pretrained, RunRecord(run.key) if run.warm_new_blocks else rec)
             model.add_callback("on_pretrain_routine_start", load)
             model.add_callback("on_pretrain_routine_end", count)
         capture = ValidationCapture()  # the final validation's per-image matches, for paired statistics
@@ -364,7 +397,7 @@ def execute(
             project=str((out / "runs").resolve()),
             name=f"{run.name}-{run.key[:8]}",
             exist_ok=True,
-            pretrained=run.pretrained or False,
+            pretrained=pretrained or False,
             **{"plots": False, **run.train},
         )
         rec.train_s = time.time() - t_train
@@ -385,6 +418,12 @@ def execute(
         for p in net.parameters():
             p.requires_grad_(False)
         rec.params = sum(p.numel() for p in net.parameters())
+        try:  # how much each block was used (issue 23); before _measure's BN fusion folds BoT's gates away
+            from yolo_attn.explain import data_utilisation
+
+            rec.utilisation = [u.to_dict() for u in data_utilisation(net, run.data, rec.imgsz)]
+        except Exception as e:
+            rec.measure_error = f"utilisation: {type(e).__name__}: {e}"
         rec.status = "done"  # trained and validated; a measurement failure below is recorded, not fatal
         try:
             _measure(net, rec, settings, device)

@@ -110,6 +110,9 @@ class Run:
         pretrained_run: Key of the run (in the same store) that trained ``pretrained``. The key then names that run
             and the file's content instead of its path: moving the store keeps the key, retraining that run (new
             weights) changes it.
+        warm_new_blocks: Epochs that train only the inserted blocks (every other row frozen with Ultralytics'
+            ``freeze``) before the run's own schedule starts from those weights; 0: none. Part of the key (only
+            when non-zero) and of the name (``+warm3``).
     """
 
     model: str
@@ -123,6 +126,7 @@ class Run:
     baseline: bool = False
     name: str = ""
     pretrained_run: str | None = None
+    warm_new_blocks: int = 0
 
     def __post_init__(self) -> None:
         self.args = list(self.args or [])
@@ -134,6 +138,14 @@ class Run:
             raise ValueError(f"block and position go together (got block={self.block!r}, position={self.position!r})")
         if self.pretrained_run is not None and not self.pretrained:
             raise ValueError(f"pretrained_run={self.pretrained_run!r} needs the weights file it trained as pretrained")
+        if (
+            isinstance(self.warm_new_blocks, bool)
+            or not isinstance(self.warm_new_blocks, int)
+            or self.warm_new_blocks < 0
+        ):
+            raise ValueError(f"warm_new_blocks={self.warm_new_blocks!r} must be an integer >= 0 (epochs)")
+        if self.warm_new_blocks and self.block is None:
+            raise ValueError("warm_new_blocks needs inserted blocks (a block and a position) to train first")
         if not self.name:
             self.name = self.label()
 
@@ -147,7 +159,7 @@ class Run:
         name = variant_name(Path(str(self.model)).name, self.block, self.position)
         if self.args:
             name += "[" + ",".join(str(a) for a in self.args) + "]"
-        return name
+        return name + (f"+warm{self.warm_new_blocks}" if self.warm_new_blocks else "")
 
     def definition(self) -> dict:
         """What the key hashes: everything that changes the trained model (not its name, not the measurements)."""
@@ -165,6 +177,8 @@ class Run:
         }
         if self.pretrained_run is not None:  # only then: keys of runs without one are what they always were
             d["pretrained"] = f"run:{self.pretrained_run}"
+        if self.warm_new_blocks:  # likewise
+            d["warm_new_blocks"] = int(self.warm_new_blocks)
         return d
 
     @property
@@ -193,6 +207,7 @@ def make_plan(
     block_args: Mapping[str, Sequence] | None = None,
     models: Sequence[str] = (),
     pretrained_run: str | None = None,
+    warm_new_blocks: int = 0,
 ) -> list[Run]:
     """datasets x seeds x bases x (baseline + blocks x positions), in that order (a seed's runs together), plus
     ``models``.
@@ -210,6 +225,8 @@ def make_plan(
         models: Extra model YAMLs trained as they are (no insertion). With no ``bases``, the first of them is the
             baseline (when ``baseline`` is true).
         pretrained_run: Key of the run that trained ``pretrained`` (see :attr:`Run.pretrained_run`).
+        warm_new_blocks: Epochs training only the inserted blocks before each variant's schedule (see
+            :attr:`Run.warm_new_blocks`); baselines and ``models`` train as usual.
 
     Raises:
         ValueError: The plan holds the same run twice.
@@ -235,7 +252,9 @@ def make_plan(
                 for block in blocks:
                     for pos in positions:
                         args = list(block_args.get(block, []))
-                        plan.append(Run(base, data, block, pos, args, seed=seed, **common))
+                        plan.append(
+                            Run(base, data, block, pos, args, seed=seed, warm_new_blocks=warm_new_blocks, **common)
+                        )
             for j, m in enumerate(models):
                 is_base = baseline and not bases and j == 0
                 plan.append(Run(_abspath(m), data, seed=seed, baseline=is_base, **common))

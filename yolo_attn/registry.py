@@ -32,7 +32,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "AttnTap",
     "BlockSpec",
+    "Probe",
     "ROLES",
     "families",
     "register_block",
@@ -49,6 +51,51 @@ ROLES = ("insert", "csp", "layer")
 
 
 @dataclass(frozen=True)
+class AttnTap:
+    """Where forward hooks can read an attention layer's queries and keys (:mod:`yolo_attn.explain` draws its maps).
+
+    Names only, resolved on the built module, so a family declares this next to its classes without tooling imports.
+    The layer is expected to have ``num_heads`` and ``dim_head`` attributes and to scale its logits by
+    ``dim_head ** -0.5``; heads are the outer factor of the channels (``(heads, dim_head)``).
+
+    Attributes:
+        layer: Class name of the attention layers inside the block (``"MHSA"``).
+        q: The layer's submodule whose output is the query projection ``(B, heads * dim_head, H, W)``; the queries
+            are its pixels, row-major.
+        k: The submodule whose output is the key projection ``(B, heads * dim_head, Hk, Wk)``. A fused projection
+            (``q == k``) outputs q, k and v stacked along channels, in that order.
+        bias: The position-bias submodule (called once per forward, it returns a
+            :class:`~yolo_attn.nn.attention.RelBias`); ``""`` for none (a missing submodule also means none).
+        points: A method of the layer that maps the query projection's output to its sampled key points
+            ``(B * groups, Hk, Wk, 2)``, normalised ``(x, y)`` (deformable attention); ``""`` when the keys are the
+            pixels.
+    """
+
+    layer: str
+    q: str
+    k: str
+    bias: str = ""
+    points: str = ""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How tooling reads a block from the outside (:mod:`yolo_attn.explain`: utilisation, gates, attention maps).
+
+    Attributes:
+        residual: Dotted path of the submodule whose forward is ``y = x + branch(x)``: ``""`` the block itself (an
+            insert block), ``"m"`` a CSP block's inner stack of residual attention layers. ``None``: not measured.
+        gates: ``(label, parameter-name suffix)`` pairs; the mean absolute value of the block's parameters whose
+            name ends with the suffix is reported (BoT: the zero-initialised BN scale, ``"cv2.bn.weight"``).
+        attention: The attention layers whose maps can be drawn (empty: the block shows no map).
+    """
+
+    residual: str | None = ""
+    gates: tuple[tuple[str, str], ...] = ()
+    attention: AttnTap | None = None
+
+
+@dataclass(frozen=True)
 class BlockSpec:
     """How a YAML-facing block is built by ``parse_model``, and what tooling needs to know about it.
 
@@ -62,6 +109,8 @@ class BlockSpec:
         takes_level: The block's constructor has a ``level`` parameter, the pyramid level it runs at (3 for P3...),
             which the YAML editor fills in per row (DAT: the key stride follows the level).
         bench_levels: Pyramid levels at which ``yolo-attn bench`` measures the block (empty: not benchmarked).
+        probe: How :mod:`yolo_attn.explain` reads the block (:class:`Probe`); None: the generic reading (the
+            residual ratio of an ``insert`` block, nothing for the other roles).
     """
 
     name: str
@@ -71,6 +120,7 @@ class BlockSpec:
     role: str = "layer"
     takes_level: bool = False
     bench_levels: tuple[int, ...] = ()
+    probe: Probe | None = None
 
     def extras(self) -> list[inspect.Parameter]:
         """The constructor parameters a YAML row gives after ``c2`` (``n`` excluded for repeating blocks)."""
@@ -114,6 +164,7 @@ def register_block(
     role: str = "layer",
     takes_level: bool = False,
     bench_levels: Sequence[int] = (),
+    probe: Probe | None = None,
     force: bool = False,
 ):
     """Register a block class for use in model YAMLs. Usable as ``@register_block`` or ``@register_block(...)``.
@@ -123,6 +174,8 @@ def register_block(
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(map(repr, ROLES))}, got {role!r}")
+    if probe is not None and not isinstance(probe, Probe):
+        raise ValueError(f"probe must be a registry.Probe, got {type(probe).__name__}")
 
     def wrap(c: type) -> type:
         key = name or c.__name__
@@ -137,7 +190,7 @@ def register_block(
                 "pass force=True to replace it"
             )
         _REGISTRY[key] = BlockSpec(
-            key, c, repeats, family, role, bool(takes_level), tuple(int(x) for x in bench_levels)
+            key, c, repeats, family, role, bool(takes_level), tuple(int(x) for x in bench_levels), probe
         )
         return c
 

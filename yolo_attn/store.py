@@ -107,6 +107,10 @@ class RunRecord:
             validation whose figures are recorded above; ``"validated again"``: a second validation of ``weights``,
             e.g. after DDP training), ``n_images``, ``n_predictions``, ``ap_tail``, and ``map50`` / ``map50_95``
             recomputed from the matches (equal to the recorded ones); or ``error`` when they could not be kept.
+        utilisation: How much each registered block was used after training, on a few validation images (the first
+            8, sorted): :meth:`yolo_attn.explain.BlockUse.to_dict` per block (``row``, ``block``, ``family``,
+            ``level``, ``ratio_mean``, ``ratio_std``, ``n_images``, ``gates``...); empty for runs without blocks and
+            for records written before it existed.
         params: Parameter count.
         gflops: GFLOPs counted at ``gflops_imgsz``, attention included (:func:`yolo_attn.flops.count_flops`).
         gflops_ultralytics: Ultralytics' own figure for the fused model at the same size.
@@ -166,6 +170,7 @@ class RunRecord:
     recall: float | None = None
     fitness: float | None = None
     validation: dict | None = None
+    utilisation: list[dict] = field(default_factory=list)
     # cost
     params: int | None = None
     gflops: float | None = None
@@ -207,7 +212,7 @@ class RunRecord:
                 kw["extra"][k] = v
         for name, old in per_batch.items():
             kw[name] = {**old, **{int(b): v for b, v in (kw.get(name) or {}).items()}}
-        for name in ("args", "train", "versions", "gflops_by_op", "artifacts"):
+        for name in ("args", "train", "versions", "gflops_by_op", "artifacts", "utilisation"):
             if kw.get(name) is None:
                 kw.pop(name, None)  # null in the line: the field's empty default
         return cls(**kw)

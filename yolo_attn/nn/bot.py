@@ -40,7 +40,7 @@ from einops import rearrange
 from yolo_attn._compat import Classify, Conv
 from yolo_attn.nn.attention import AttentionLayer, BoTRelPos, attend, check_impl
 from yolo_attn.nn.common import AttnCSP, check_channels, check_choice, check_int, hidden_width, resolve_heads
-from yolo_attn.registry import register_block
+from yolo_attn.registry import AttnTap, Probe, register_block
 
 __all__ = ["MHSA", "BoTBottleneck", "BoT", "BoT3", "BoTStage", "Classifier"]
 
@@ -200,7 +200,11 @@ def _check_bot(block: str, c1: int, c2: int, n: int, e: float, num_heads: int) -
     return c_
 
 
-@register_block(repeats=True, family="bot", role="insert", bench_levels=(5, 4, 3))
+# How yolo_attn.explain reads a BoT block: the residual stack m, the zero-initialised BN scales, MHSA's q and k.
+_PROBE = Probe("m", (("bn_gamma", "cv2.bn.weight"),), AttnTap("MHSA", q="q", k="k", bias="rel_pos"))
+
+
+@register_block(repeats=True, family="bot", role="insert", bench_levels=(5, 4, 3), probe=_PROBE)
 class BoT(nn.Module):
     """``n`` Bottleneck Transformer blocks to insert anywhere in a YOLO model; identity at initialisation.
 
@@ -238,7 +242,7 @@ class BoT(nn.Module):
         return self.m(self.proj(x))
 
 
-@register_block(repeats=True, family="bot", role="csp", bench_levels=(5, 4, 3))
+@register_block(repeats=True, family="bot", role="csp", bench_levels=(5, 4, 3), probe=_PROBE)
 class BoT3(AttnCSP):
     """CSP block with ``n`` Bottleneck Transformer blocks (the YOLOv5 community "BoT3", wired correctly).
 

@@ -48,7 +48,7 @@ from yolo_attn.nn.common import (
     hidden_width,
     resolve_heads,
 )
-from yolo_attn.registry import register_block
+from yolo_attn.registry import AttnTap, Probe, register_block
 
 __all__ = ["MBConv", "CoAt", "CoAt3", "CoAtBlock", "CoAtAttention"]
 
@@ -244,7 +244,16 @@ class MBConv(nn.Module):
         return self.shortcut(x) + self.drop_path(self.proj(self.se(self.dw(self.expand(self.norm(x))))))
 
 
-@register_block(repeats=True, family="coat", role="insert", bench_levels=(5, 4, 3))
+# How yolo_attn.explain reads a CoAt block: the residual stack m, the zero-initialised output projections of the
+# attention and the FFN, and the attention's fused qkv projection.
+_PROBE = Probe(
+    "m",
+    (("attn_out_w", "attn.proj.weight"), ("ffn_out_w", "mlp.fc2.weight")),
+    AttnTap("CoAtAttention", q="qkv", k="qkv", bias="rel_pos"),
+)
+
+
+@register_block(repeats=True, family="coat", role="insert", bench_levels=(5, 4, 3), probe=_PROBE)
 class CoAt(nn.Module):
     """A CoAtNet transformer stage: ``n`` pre-norm relative-attention blocks, the first optionally with stride 2.
 
@@ -302,7 +311,7 @@ class CoAt(nn.Module):
         return self.m(x)
 
 
-@register_block(repeats=True, family="coat", role="csp", bench_levels=(5, 4, 3))
+@register_block(repeats=True, family="coat", role="csp", bench_levels=(5, 4, 3), probe=_PROBE)
 class CoAt3(AttnCSP):
     """CSP block with CoAtNet transformer bottlenecks (the C3/BoT3 layout): replaces a backbone C2f / C3k2.
 

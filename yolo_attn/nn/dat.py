@@ -61,7 +61,7 @@ from yolo_attn.nn.common import (
     resolve_heads,
 )
 from yolo_attn.nn.sampling import SAMPLERS, bilinear_sample
-from yolo_attn.registry import register_block
+from yolo_attn.registry import AttnTap, Probe, register_block
 
 __all__ = [
     "DAttention",
@@ -382,7 +382,16 @@ def _is_level(value) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool) and value >= 2)
 
 
-@register_block(repeats=True, family="dat", role="insert", takes_level=True, bench_levels=(5, 4, 3))
+# How yolo_attn.explain reads a DAT block: the residual stack m, the attention's output projection (zero at init in
+# DATBlock), q and k projections and the sampled key points.
+_PROBE = Probe(
+    "m",
+    (("attn_out_w", "attn.proj_out.weight"),),
+    AttnTap("DAttention", q="proj_q", k="proj_k", bias="rel_pos", points="sample_points"),
+)
+
+
+@register_block(repeats=True, family="dat", role="insert", takes_level=True, bench_levels=(5, 4, 3), probe=_PROBE)
 class DATBlock(nn.Module):
     """``n`` DAT++ blocks, for insertion anywhere in a YOLO model: exactly the identity at init when ``c1 == c2``.
 
@@ -434,7 +443,7 @@ class DATBlock(nn.Module):
         return self.m(self.proj(x))
 
 
-@register_block(repeats=True, family="dat", role="csp", takes_level=True, bench_levels=(5, 4, 3))
+@register_block(repeats=True, family="dat", role="csp", takes_level=True, bench_levels=(5, 4, 3), probe=_PROBE)
 class DAT3(AttnCSP):
     """CSP block with ``n`` DAT++ layers on the hidden branch (the C3/BoT3 form); replaces a C2f/C3k2.
 
