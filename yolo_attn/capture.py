@@ -206,7 +206,9 @@ class ValidationCapture:
                 t_box, p_box, p_cls = pb["bboxes"], pred["bboxes"], pred["cls"]
 
                 def native(b: Any, pb: dict = pb) -> Any:
-                    return scale_boxes(pb["imgsz"], b.clone(), pb["ori_shape"], ratio_pad=pb["ratio_pad"]) if len(b) else b
+                    return (
+                        scale_boxes(pb["imgsz"], b.clone(), pb["ori_shape"], ratio_pad=pb["ratio_pad"]) if len(b) else b
+                    )
 
                 t_nat, p_nat = native(t_box), native(p_box)
             else:  # 8.3.65: targets and predictions are matched in original pixels already
