@@ -47,6 +47,7 @@ __all__ = [
     "cfg_models_root",
     "check",
     "cpu_threads",
+    "final_validation_args",
     "get_flops",
     "guess_model_task",
     "load_checkpoint",
@@ -236,6 +237,49 @@ def trainer_state(trainer: Any) -> dict:
         "epoch": getattr(trainer, "epoch", None),
         "n_train_images": len(dataset) if dataset is not None else None,
     }
+
+
+#: Validation settings that change what a validation scores; :func:`final_validation_args` copies those the trainer's
+#: validator held (``rect`` is left out: Ultralytics validates rectangular batches unless an exported model forbids it).
+_VAL_SETTINGS = (
+    "imgsz",
+    "conf",
+    "iou",
+    "max_det",
+    "single_cls",
+    "classes",
+    "agnostic_nms",
+    "augment",
+    "half",  # 8.3: the trainer's validator runs fp16 after AMP training on a GPU, its final validation too
+    "quantize",  # 8.4's name for the same
+    "dnn",
+    "nms",
+    "channels_last",
+    "fraction",
+)
+
+
+def final_validation_args(trainer: Any) -> dict:
+    """Keyword arguments that make ``YOLO(best.pt).val(data=..., split=..., **them)`` validate the way ``trainer``'s
+    final validation of ``best.pt`` did, on whichever split is named.
+
+    Ultralytics' final validation runs the trainer's own validator (arguments copied from the training arguments, then
+    adjusted during training: fp16 after AMP training on a GPU) over the trainer's validation loader (twice the
+    training batch, rectangular batches). Here: those validator settings that change the scores, the loader's batch
+    size (rectangular batches depend on it), and the workers. A trainer without them (a DDP run's, whose validator
+    lived in its subprocess) gives its training arguments and its training batch size.
+    """
+    validator = getattr(trainer, "validator", None)
+    args = getattr(validator, "args", None) or getattr(trainer, "args", None)
+    known = __getattr__("DEFAULT_CFG_DICT")
+    out = {k: getattr(args, k) for k in _VAL_SETTINGS if k in known and hasattr(args, k)}
+    loader = getattr(validator, "dataloader", None) or getattr(trainer, "test_loader", None)
+    batch = getattr(loader, "batch_size", None) or getattr(args, "batch", None)
+    if batch is not None:
+        out["batch"] = int(batch)
+    if hasattr(args, "workers"):
+        out["workers"] = args.workers
+    return out
 
 
 def cfg_models_root() -> Path:

@@ -110,6 +110,7 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
         baseline=not a.no_baseline,
         block_args=block_args,
         models=a.models or [],
+        eval_split=a.eval_split,
     )
     if a.plan_only:
         for i, r in enumerate(plan, 1):
@@ -251,6 +252,8 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from yolo_attn.plan import SPLIT_KEYS
+
     p = argparse.ArgumentParser(
         prog="yolo-attn",
         description="yolo_attn: attention blocks for Ultralytics YOLO, and the tools to measure what they cost and give.",
@@ -278,6 +281,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--pretrained", default=None, help="weights transferred into every run (e.g. yolov8n.pt)")
     s.add_argument("--no-baseline", action="store_true", help="leave the unmodified base out")
+    s.add_argument(
+        "--eval-split",
+        default="val",
+        choices=SPLIT_KEYS,
+        help="split of each run's final validation (recorded mAP, per-image matches); best.pt is chosen on val",
+    )
     s.add_argument("--devices", nargs="+", default=None, help="one run per device at a time: cpu | 0 | 0 1 | cpu cpu")
     s.add_argument("--retry-failed", action="store_true", help="redo runs recorded as failed")
     g = s.add_argument_group("on a Ray cluster (pip install 'yolo-attn[ray]')")
