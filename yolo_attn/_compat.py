@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # what the lazily resolved names below are, for readers and t
     import torch
     from ultralytics import YOLO
     from ultralytics.cfg import DEFAULT_CFG_DICT, smart_value
+    from ultralytics.data.utils import img2label_paths
     from ultralytics.engine.model import Model
     from ultralytics.nn.modules import Classify, Conv
     from ultralytics.nn.tasks import guess_model_task, yaml_model_load
@@ -50,12 +51,14 @@ __all__ = [
     "final_validation_args",
     "get_flops",
     "guess_model_task",
+    "img2label_paths",
     "load_checkpoint",
     "model_class",
     "model_class_for",
     "smart_value",
     "trainer_state",
     "unwrap",
+    "validator_state",
     "version",
     "warn",
     "yaml_model_load",
@@ -73,6 +76,7 @@ _NAMES = {
     "YOLO": "ultralytics:YOLO",
     "get_flops": "ultralytics.utils.torch_utils:get_flops",
     "guess_model_task": "ultralytics.nn.tasks:guess_model_task",
+    "img2label_paths": "ultralytics.data.utils:img2label_paths",  # images/x.jpg -> labels/x.txt, as datasets read
     "smart_value": "ultralytics.cfg:smart_value",  # types "3" / "0.01" / "True" as the yolo CLI does
     "yaml_model_load": "ultralytics.nn.tasks:yaml_model_load",
 }
@@ -236,6 +240,23 @@ def trainer_state(trainer: Any) -> dict:
         "loss": getattr(trainer, "loss", None),
         "epoch": getattr(trainer, "epoch", None),
         "n_train_images": len(dataset) if dataset is not None else None,
+    }
+
+
+def validator_state(validator: Any) -> dict:
+    """What an ``on_val_end`` callback reads from a detection validator: ``im_files`` (the images validated, in
+    order), ``class_map`` (class index -> the ``category_id`` its COCO JSON writes), ``max_det`` and ``conf`` (the
+    NMS settings it ran with) and ``save_dir`` (where ``predictions.json`` went); missing attributes read as None."""
+    args = getattr(validator, "args", None)
+    dataset = getattr(getattr(validator, "dataloader", None), "dataset", None)
+    class_map = getattr(validator, "class_map", None)
+    save_dir = getattr(validator, "save_dir", None)
+    return {
+        "im_files": list(getattr(dataset, "im_files", None) or []) or None,
+        "class_map": [int(c) for c in class_map] if class_map is not None else None,
+        "max_det": getattr(args, "max_det", None),
+        "conf": getattr(args, "conf", None),
+        "save_dir": Path(save_dir) if save_dir is not None else None,
     }
 
 
