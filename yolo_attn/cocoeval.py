@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,11 +134,11 @@ def label_boxes(lines: Sequence[str], width: int, height: int) -> list[tuple[int
         cls, rest = int(values[0]), values[1:]
         if len(rest) > 4:  # polygon x1 y1 x2 y2 ...
             xs, ys = rest[0::2], rest[1::2]
-            x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+            x0, y0, w, h = min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
         else:
             cx, cy, w, h = rest
-            x0, x1, y0, y1 = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2
-        row = (cls, [x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height])
+            x0, y0 = cx - w / 2, cy - h / 2
+        row = (cls, [x0 * width, y0 * height, w * width, h * height])
         if row not in rows:
             rows.append(row)
     return rows
@@ -241,6 +241,7 @@ def coco_check(
     device: str = "cpu",
     workers: int = 0,
     keep: str | os.PathLike | None = None,
+    callbacks: Mapping[str, Callable[[Any], None]] | None = None,
 ) -> CocoCheck:
     """Validate ``weights`` on ``data``'s ``split`` with Ultralytics, then score the same predictions with COCOeval.
 
@@ -254,6 +255,7 @@ def coco_check(
         workers: Dataloader workers.
         keep: Folder that keeps Ultralytics' validation folder (``predictions.json``) and the ground truth
             (``ground_truth.json``); default: a temporary folder, removed afterwards.
+        callbacks: More Ultralytics callbacks for the validation (event -> function of the validator).
     """
     import yolo_attn
     from yolo_attn._compat import YOLO, img2label_paths, validator_state
@@ -264,6 +266,8 @@ def coco_check(
         project = Path(keep) if keep is not None else Path(tmp)
         model = YOLO(str(weights))
         model.add_callback("on_val_end", lambda validator: seen.update(validator_state(validator)))
+        for event, fn in (callbacks or {}).items():
+            model.add_callback(event, fn)
         metrics = model.val(
             data=str(data),
             split=split,
