@@ -19,7 +19,8 @@ What is made equal, so that only the matching rules differ:
 
 What still differs is each tool's own rule: COCOeval matches detections to labels greedily in score order and
 averages a step precision envelope at 101 recall points; Ultralytics matches by IoU over the whole image first and
-integrates an interpolated curve; its IoUs are computed in the resized (letterboxed) image, COCOeval's in original
+integrates an interpolated curve (8.3 draws it on from the last recall reached to recall 1, crediting recall no
+prediction reached; 8.4 stops where COCOeval does); its IoUs are computed in the resized (letterboxed) image, COCOeval's in original
 pixels; the JSON rounds boxes to 0.001 px and scores to 1e-5. The README quotes the difference measured on COCO128.
 
 Examples:
