@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # what the lazily resolved names below are, for readers and t
     import torch
     from ultralytics import YOLO
     from ultralytics.cfg import DEFAULT_CFG_DICT, smart_value
-    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths
     from ultralytics.engine.model import Model
     from ultralytics.nn.modules import Classify, Conv
     from ultralytics.nn.tasks import guess_model_task, yaml_model_load
@@ -48,8 +48,10 @@ __all__ = [
     "cpu_threads",
     "IMG_FORMATS",
     "check_det_dataset",
+    "final_validation_args",
     "get_flops",
     "guess_model_task",
+    "img2label_paths",
     "load_checkpoint",
     "model_class",
     "model_class_for",
@@ -57,6 +59,7 @@ __all__ = [
     "smart_value",
     "trainer_state",
     "unwrap",
+    "validator_state",
     "version",
     "warn",
     "yaml_model_load",
@@ -74,6 +77,7 @@ _NAMES = {
     "YOLO": "ultralytics:YOLO",
     "get_flops": "ultralytics.utils.torch_utils:get_flops",
     "guess_model_task": "ultralytics.nn.tasks:guess_model_task",
+    "img2label_paths": "ultralytics.data.utils:img2label_paths",  # images/x.jpg -> labels/x.txt, as datasets read
     "smart_value": "ultralytics.cfg:smart_value",  # types "3" / "0.01" / "True" as the yolo CLI does
     "yaml_model_load": "ultralytics.nn.tasks:yaml_model_load",
     "check_det_dataset": "ultralytics.data.utils:check_det_dataset",  # a data YAML -> its resolved split paths
@@ -254,6 +258,66 @@ def trainer_state(trainer: Any) -> dict:
         "epoch": getattr(trainer, "epoch", None),
         "n_train_images": len(dataset) if dataset is not None else None,
     }
+
+
+def validator_state(validator: Any) -> dict:
+    """What an ``on_val_end`` callback reads from a detection validator: ``im_files`` (the images validated, in
+    order), ``class_map`` (class index -> the ``category_id`` its COCO JSON writes), ``max_det`` and ``conf`` (the
+    NMS settings it ran with) and ``save_dir`` (where ``predictions.json`` went); missing attributes read as None."""
+    args = getattr(validator, "args", None)
+    dataset = getattr(getattr(validator, "dataloader", None), "dataset", None)
+    class_map = getattr(validator, "class_map", None)
+    save_dir = getattr(validator, "save_dir", None)
+    return {
+        "im_files": list(getattr(dataset, "im_files", None) or []) or None,
+        "class_map": [int(c) for c in class_map] if class_map is not None else None,
+        "max_det": getattr(args, "max_det", None),
+        "conf": getattr(args, "conf", None),
+        "save_dir": Path(save_dir) if save_dir is not None else None,
+    }
+
+
+#: Validation settings that change what a validation scores; :func:`final_validation_args` copies those the trainer's
+#: validator held (``rect`` is left out: Ultralytics validates rectangular batches unless an exported model forbids it).
+_VAL_SETTINGS = (
+    "imgsz",
+    "conf",
+    "iou",
+    "max_det",
+    "single_cls",
+    "classes",
+    "agnostic_nms",
+    "augment",
+    "half",  # 8.3: the trainer's validator runs fp16 after AMP training on a GPU, its final validation too
+    "quantize",  # 8.4's name for the same
+    "dnn",
+    "nms",
+    "channels_last",
+    "fraction",
+)
+
+
+def final_validation_args(trainer: Any) -> dict:
+    """Keyword arguments that make ``YOLO(best.pt).val(data=..., split=..., **them)`` validate the way ``trainer``'s
+    final validation of ``best.pt`` did, on whichever split is named.
+
+    Ultralytics' final validation runs the trainer's own validator (arguments copied from the training arguments, then
+    adjusted during training: fp16 after AMP training on a GPU) over the trainer's validation loader (twice the
+    training batch, rectangular batches). Here: those validator settings that change the scores, the loader's batch
+    size (rectangular batches depend on it), and the workers. A trainer without them (a DDP run's, whose validator
+    lived in its subprocess) gives its training arguments and its training batch size.
+    """
+    validator = getattr(trainer, "validator", None)
+    args = getattr(validator, "args", None) or getattr(trainer, "args", None)
+    known = __getattr__("DEFAULT_CFG_DICT")
+    out = {k: getattr(args, k) for k in _VAL_SETTINGS if k in known and hasattr(args, k)}
+    loader = getattr(validator, "dataloader", None) or getattr(trainer, "test_loader", None)
+    batch = getattr(loader, "batch_size", None) or getattr(args, "batch", None)
+    if batch is not None:
+        out["batch"] = int(batch)
+    if hasattr(args, "workers"):
+        out["workers"] = args.workers
+    return out
 
 
 def cfg_models_root() -> Path:

@@ -1,4 +1,5 @@
-"""``yolo-attn`` console script: ``ablate``, ``report``, ``demo``, ``bench``, ``flops``, ``insert``, ``generate``, ``info``.
+"""``yolo-attn`` console script: ``ablate``, ``report``, ``cocoeval``, ``demo``, ``bench``, ``flops``, ``insert``,
+``generate``, ``info``.
 
 Every sub-command is a thin wrapper over a library function; ``scripts/*.py`` call :func:`main` the same way. Block
 families are whatever the registry holds (the package's, and those of modules named in ``YOLO_ATTN_PLUGINS``).
@@ -9,7 +10,9 @@ Shell examples::
     yolo-attn ablate --data shapes.yaml --blocks bot dat --positions sppf_before neck --seeds 0 1 2 epochs=3 imgsz=128
     yolo-attn ablate --data a.yaml b.yaml --blocks dat epochs=3   # every configuration on each dataset
     yolo-attn ablate --data /shared/shapes.yaml --ray auto --gpus-per-run 1 epochs=3   # the same plan on a Ray cluster
+    yolo-attn ablate --data shapes.yaml --eval-split test epochs=3   # best.pt chosen on val, scored on test
     yolo-attn report out/ablate                      # tables with 95% intervals and verdicts, CSV, LaTeX, plots
+    yolo-attn cocoeval best.pt --data coco128.yaml --imgsz 640     # faster-coco-eval next to Ultralytics' mAP
     yolo-attn flops cfg/yolov8-dat-sppf_before.yaml --imgsz 640
     yolo-attn gpu-check --device 0                   # scripts/gpu_check.sh: the prepared GPU check
     yolo-attn insert yolov8.yaml dat sppf_before -o my-variant.yaml
@@ -112,6 +115,7 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
         block_args=block_args,
         models=a.models or [],
         warm_new_blocks=a.warm_new_blocks,
+        eval_split=a.eval_split,
     )
     if a.plan_only:
         for i, r in enumerate(plan, 1):
@@ -213,6 +217,20 @@ def _cmd_report(a: argparse.Namespace) -> int:
         print(f"plot: {q}")
     if a.print:
         print(Path(paths["markdown"]).read_text())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- cocoeval
+def _cmd_cocoeval(a: argparse.Namespace) -> int:
+    from yolo_attn.cocoeval import coco_check, format_check
+
+    result = coco_check(
+        a.weights, a.data, split=a.split, imgsz=a.imgsz, batch=a.batch, device=a.device, workers=a.workers, keep=a.keep
+    )
+    print(format_check(result))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(result.to_dict(), indent=1))
     return 0
 
 
@@ -328,6 +346,8 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from yolo_attn.plan import SPLIT_KEYS
+
     p = argparse.ArgumentParser(
         prog="yolo-attn",
         description="yolo_attn: attention blocks for Ultralytics YOLO, and the tools to measure what they cost and give.",
@@ -361,6 +381,12 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         metavar="E",
         help="first E epochs train only the inserted blocks (the rest frozen), then the normal schedule",
+    )
+    s.add_argument(
+        "--eval-split",
+        default="val",
+        choices=SPLIT_KEYS,
+        help="split of each run's final validation (recorded mAP, per-image matches); best.pt is chosen on val",
     )
     s.add_argument("--devices", nargs="+", default=None, help="one run per device at a time: cpu | 0 | 0 1 | cpu cpu")
     s.add_argument("--retry-failed", action="store_true", help="redo runs recorded as failed")
@@ -418,6 +444,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates per comparison")
     r.add_argument("--ci", type=float, default=0.95, help="confidence level of the intervals and verdicts")
     r.set_defaults(func=_cmd_report)
+
+    e = sub.add_parser(
+        "cocoeval", help="score one validation with faster-coco-eval's COCOeval next to Ultralytics (mAP, APs/APm/APl)"
+    )
+    e.add_argument("weights", help="trained .pt file")
+    e.add_argument("--data", required=True, help="dataset YAML")
+    e.add_argument("--split", default="val", help="split to validate (default val)")
+    e.add_argument("--imgsz", type=int, default=640)
+    e.add_argument("--batch", type=int, default=16)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--workers", type=int, default=0)
+    e.add_argument("--keep", default=None, help="folder that keeps predictions.json and ground_truth.json")
+    e.add_argument("--json", default=None, help="also write the result to this JSON file")
+    e.set_defaults(func=_cmd_cocoeval)
 
     d = sub.add_parser(
         "demo", help="the README main job: a baseline, then it and each family's variant continued, per seed (CPU)"

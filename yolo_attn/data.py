@@ -88,19 +88,25 @@ def make_shapes_dataset(
     imgsz: int = 64,
     seed: int = 0,
     max_objects: int = 3,
+    n_test: int = 0,
 ) -> Path:
     """Write ``root/images/{train,val}``, ``root/labels/{train,val}`` and ``root/shapes.yaml``; return the YAML path.
 
     Re-running with the same arguments rewrites identical files. The dataset YAML has an absolute ``path:`` so it
-    works from any working directory.
+    works from any working directory. ``n_test`` > 0 adds a held-out ``test`` split (``images/test``, ``test:`` in the
+    YAML), drawn after the other two, so train and val are the same images with or without it.
     """
     if n_train < 1 or n_val < 1:
         raise ValueError(f"need at least one train and one val image, got n_train={n_train}, n_val={n_val}")
+    if n_test < 0:
+        raise ValueError(f"n_test must be 0 (no test split) or more, got {n_test}")
     if imgsz < 16:
         raise ValueError(f"imgsz={imgsz} is too small to draw shapes; use 16 or more")
     root = Path(root).resolve()
     rng = np.random.default_rng(seed)
-    for split, count in (("train", n_train), ("val", n_val)):
+    for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):
+        if not count:
+            continue
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
@@ -111,6 +117,7 @@ def make_shapes_dataset(
         "path": str(root),
         "train": "images/train",
         "val": "images/val",
+        **({"test": "images/test"} if n_test else {}),
         "names": dict(enumerate(CLASSES)),
     }
     out = root / "shapes.yaml"
@@ -122,17 +129,19 @@ def make_shapes_dataset(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python data/make_shapes.py [root] --train N --val N --imgsz S --seed S``: write the set, print its YAML."""
+    """``python data/make_shapes.py [root] --train N --val N [--test N] --imgsz S --seed S``: write the set, print its
+    YAML."""
     import argparse
 
     p = argparse.ArgumentParser(description="Generate the tiny shapes detection dataset (YOLO format).")
     p.add_argument("root", nargs="?", default="datasets/shapes")
     p.add_argument("--train", type=int, default=64)
     p.add_argument("--val", type=int, default=16)
+    p.add_argument("--test", type=int, default=0, help="images of a held-out test split (0: none)")
     p.add_argument("--imgsz", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    print(make_shapes_dataset(a.root, a.train, a.val, a.imgsz, a.seed))
+    print(make_shapes_dataset(a.root, a.train, a.val, a.imgsz, a.seed, n_test=a.test))
 
 
 if __name__ == "__main__":

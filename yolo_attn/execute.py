@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yolo_attn.plan import Run, model_dict
+from yolo_attn.plan import DEFAULT_EVAL_SPLIT, Run, check_eval_splits, model_dict
 from yolo_attn.store import ResultStore, RunRecord
 
 __all__ = ["Measure", "execute", "failed_record", "versions"]
@@ -126,6 +126,7 @@ def _record(run: Run, device: str) -> RunRecord:
         train=dict(run.train),
         pretrained=run.pretrained,
         pretrained_run=run.pretrained_run,
+        eval_split=run.eval_split,
         device=str(device),
         started=_now(),
         pid=os.getpid(),
@@ -283,61 +284,75 @@ def _warm_stage(run: Run, rec: RunRecord, model_path: str, out: Path, device: st
     return str(model.trainer.last)
 
 
-def _keep_matches(run: Run, rec: RunRecord, capture: Any, trainer: Any, out: Path, device: str) -> None:
+def _validate_best(run: Run, rec: RunRecord, trainer: Any, out: Path, device: str) -> tuple[Any, dict]:
+    """Validate ``best.pt`` on ``run.eval_split`` with the settings of Ultralytics' final validation, capture active.
+
+    The record's mAP, precision and recall then come from this validation; returns its capture and the figures the
+    record held before (the trainer's, as ``trainer_map50``...).
+    """
+    from yolo_attn._compat import YOLO, final_validation_args
+    from yolo_attn.capture import ValidationCapture
+
+    best = Path(getattr(trainer, "best", "") or "")
+    if not best.is_file():
+        raise RuntimeError(f"there is no best.pt to validate on {run.eval_split!r}")
+    capture = ValidationCapture()
+    model = YOLO(str(best))
+    model.add_callback("on_val_start", capture.on_val_start)
+    settings = {"imgsz": rec.imgsz, **final_validation_args(trainer)}
+    vm = model.val(
+        data=run.data,
+        split=run.eval_split,
+        device=str(device).split(",")[0],
+        project=str((out / "runs").resolve()),
+        name=f"{run.name}-{run.key[:8]}-{run.eval_split}",
+        exist_ok=True,
+        plots=False,
+        verbose=False,
+        **settings,
+    )
+    trained = {f"trainer_{k}": getattr(rec, k) for k in ("map50", "map50_95", "precision", "recall")}
+    for k, v in _metrics(vm, None).items():
+        setattr(rec, k, v)
+    return capture, trained
+
+
+def _keep_matches(
+    run: Run, rec: RunRecord, capture: Any, trainer: Any, out: Path, device: str, trained: dict | None = None
+) -> None:
     """Store the final validation's per-image matches as the run's ``matches`` artifact and describe them.
 
-    They come from the validation that produced the recorded mAP (Ultralytics' final validation of ``best.pt``), so
-    the two agree. A DDP run, whose training subprocesses the capture does not reach, validates ``best.pt`` again (at
-    the training batch size, on the first device); the record's mAP, precision and recall then come from that
-    validation too, and the trainer's figures are kept in ``rec.validation`` (``trainer_map50``...).
+    They come from the validation that produced the recorded mAP (Ultralytics' final validation of ``best.pt``, or
+    the validation of ``best.pt`` on ``run.eval_split`` that :func:`_validate_best` ran, whose record figures it
+    replaced by ``trained``), so the two agree. A DDP run, whose training subprocesses the capture does not reach,
+    validates ``best.pt`` again (with the settings of its final validation, on the first device); the record's mAP,
+    precision and recall then come from that validation too, and the trainer's figures are kept in
+    ``rec.validation`` (``trainer_map50``...).
     """
     import tempfile
 
-    from yolo_attn._compat import YOLO
-    from yolo_attn.capture import ValidationCapture
     from yolo_attn.stats import map_scores
 
-    source, trained = "final validation", {}
+    source = "final validation" if trained is None else "validated again"
     matches = capture.matches()
+    if matches is None and trained is None:
+        capture, trained = _validate_best(run, rec, trainer, out, device)
+        matches, source = capture.matches(), "validated again"
     if matches is None:
-        best = Path(getattr(trainer, "best", "") or "")
-        if not best.is_file():
-            raise RuntimeError("the final validation was not captured and there is no best.pt to validate again")
-        again = ValidationCapture()
-        model = YOLO(str(best))
-        model.add_callback("on_val_start", again.on_val_start)
-        args = getattr(trainer, "args", None)
-        vm = model.val(
-            data=run.data,
-            imgsz=rec.imgsz,
-            batch=getattr(args, "batch", 16),
-            device=str(device).split(",")[0],
-            workers=getattr(args, "workers", 0),
-            project=str((out / "runs").resolve()),
-            name=f"{run.name}-{run.key[:8]}-val",
-            exist_ok=True,
-            plots=False,
-            verbose=False,
-        )
-        matches, source = again.matches(), "validated again"
-        if matches is None:
-            raise RuntimeError("validating best.pt again captured no detection validation")
-        # the record's figures come from the validation the matches come from; the trainer's are kept beside
-        trained = {f"trainer_{k}": getattr(rec, k) for k in ("map50", "map50_95", "precision", "recall")}
-        for k, v in _metrics(vm, None).items():
-            setattr(rec, k, v)
+        raise RuntimeError(f"the validation of best.pt on {run.eval_split!r} was not captured")
     scores = map_scores(matches)
     with tempfile.TemporaryDirectory() as tmp:
         rec.artifacts.update(ResultStore(out).put_artifacts(run.key, {"matches.npz": matches.save(Path(tmp) / "m")}))
     rec.validation = {
         "source": source,
+        "split": run.eval_split,
         "weights": rec.weights,
         "n_images": matches.n_images,
         "n_predictions": matches.n_predictions,
         "ap_tail": matches.ap_tail,
         "map50": scores.map50,
         "map50_95": scores.map50_95,
-        **trained,
+        **(trained or {}),
     }
     for k in ("map50", "map50_95"):
         got, want = rec.validation[k], getattr(rec, k)
@@ -369,6 +384,8 @@ def execute(
         from yolo_attn.capture import ValidationCapture
 
         yolo_attn.register()
+        if run.eval_split != DEFAULT_EVAL_SPLIT:  # before training: a missing split must not cost a training run
+            check_eval_splits([run])
         rec.family = _family(run.block)
         model_path = str(run.model)
         if run.block is not None:
@@ -388,7 +405,8 @@ def execute(
             model.add_callback("on_pretrain_routine_start", load)
             model.add_callback("on_pretrain_routine_end", count)
         capture = ValidationCapture()  # the final validation's per-image matches, for paired statistics
-        model.add_callback("on_val_start", capture.on_val_start)
+        if run.eval_split == DEFAULT_EVAL_SPLIT:  # else best.pt is validated on the split after training
+            model.add_callback("on_val_start", capture.on_val_start)
         t_train = time.time()
         metrics = model.train(
             data=run.data,
@@ -406,13 +424,16 @@ def execute(
         rec.save_dir = str(getattr(model.trainer, "save_dir", ""))
         best = Path(getattr(model.trainer, "best", "") or "")
         rec.weights = _relative(best, out) if best.is_file() else None
-        try:
-            _keep_matches(run, rec, capture, model.trainer, out, device)
-        except Exception as e:  # the run still counts; the report says its intervals are unavailable
-            rec.validation = {"error": f"{type(e).__name__}: {e}"}
         rec.epochs = getattr(model.trainer, "epochs", run.train.get("epochs"))
         imgsz = getattr(model.trainer.args, "imgsz", run.train.get("imgsz", 640))
         rec.imgsz = int(max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz)
+        trained = None
+        if run.eval_split != DEFAULT_EVAL_SPLIT:  # failing here fails the run: its figures would be val's
+            capture, trained = _validate_best(run, rec, model.trainer, out, device)
+        try:
+            _keep_matches(run, rec, capture, model.trainer, out, device, trained)
+        except Exception as e:  # the run still counts; the report says its intervals are unavailable
+            rec.validation = {"error": f"{type(e).__name__}: {e}"}
 
         net = copy.deepcopy(model.model).float().eval()
         for p in net.parameters():

@@ -23,13 +23,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from yolo_attn.store import jsonable
 
-__all__ = ["Run", "make_plan", "model_dict", "parse_overrides"]
+LOGGER = logging.getLogger("yolo_attn")
+
+__all__ = ["Run", "check_eval_splits", "data_splits", "make_plan", "model_dict", "parse_overrides"]
+
+#: The split a run's final validation scores by default (Ultralytics' own choice; ``best.pt`` is always chosen on it).
+DEFAULT_EVAL_SPLIT = "val"
+#: Split keys a dataset YAML may hold (Ultralytics renames ``validation:`` to ``val:``).
+SPLIT_KEYS = ("train", "val", "test", "minival")
 
 
 def _file_sha(path: str | os.PathLike | None) -> str | None:
@@ -92,6 +100,71 @@ def parse_overrides(items: Iterable[str]) -> dict:
     return out
 
 
+def data_splits(data: str | os.PathLike) -> tuple[Path, tuple[str, ...]]:
+    """The dataset YAML ``data`` resolves to, and the splits it names with a value (``train``, ``val``, ``test``...).
+
+    A name that is not a file (``coco8.yaml``) is looked up among Ultralytics' packaged dataset YAMLs, as Ultralytics
+    does. A key left empty (``test:`` with nothing after it, as in Ultralytics' ``coco128.yaml``) is no split.
+
+    Raises:
+        FileNotFoundError: ``data`` is neither a file nor a packaged dataset YAML.
+        ValueError: The file is not a YAML mapping.
+
+    Examples:
+        >>> import tempfile
+        >>> from yolo_attn.data import make_shapes_dataset
+        >>> path, splits = data_splits(make_shapes_dataset(tempfile.mkdtemp(), n_train=1, n_val=1, n_test=1, imgsz=16))
+        >>> path.name, splits
+        ('shapes.yaml', ('train', 'val', 'test'))
+    """
+    import yaml
+
+    path = Path(data)
+    if not path.is_file():
+        from yolo_attn._compat import cfg_models_root
+
+        packaged = cfg_models_root().parent / "datasets" / path.name
+        if path.suffix not in (".yaml", ".yml") or not packaged.is_file():
+            raise FileNotFoundError(f"dataset YAML {str(data)!r} not found")
+        path = packaged
+    d = yaml.safe_load(path.read_text())
+    if not isinstance(d, dict):
+        raise ValueError(f"dataset YAML {path} is not a mapping of keys (train:, val:, names: ...)")
+    if "validation" in d and "val" not in d:
+        d["val"] = d["validation"]
+    return path.resolve(), tuple(k for k in SPLIT_KEYS if d.get(k))
+
+
+def check_eval_splits(runs: Iterable[Run]) -> None:
+    """Raise before anything trains when a run's dataset lacks its :attr:`Run.eval_split`.
+
+    Runs scored on ``val`` are not checked (Ultralytics requires ``val:`` of every dataset and says so itself). A
+    dataset YAML this machine cannot read (a Ray cluster's node-local path) is left to the run, which checks again on
+    its node before training.
+
+    Raises:
+        ValueError: The message names each dataset YAML without its split and the splits it has.
+    """
+    problems, seen = [], set()
+    for run in runs:
+        if run.eval_split == DEFAULT_EVAL_SPLIT or (run.data, run.eval_split) in seen:
+            continue
+        seen.add((run.data, run.eval_split))
+        try:
+            path, splits = data_splits(run.data)
+        except FileNotFoundError as e:
+            LOGGER.warning("%s; its %r split is checked when its runs start", e, run.eval_split)
+            continue
+        if run.eval_split not in splits:
+            problems.append(f"{path} has no {run.eval_split!r} split (it has: {', '.join(splits) or 'none'})")
+    if problems:
+        raise ValueError(
+            "cannot score the final validation on the requested split: "
+            + "; ".join(problems)
+            + ". Add the split to the dataset YAML (e.g. test: images/test) or choose one it has (--eval-split)"
+        )
+
+
 @dataclasses.dataclass
 class Run:
     """One planned training run.
@@ -113,6 +186,8 @@ class Run:
         warm_new_blocks: Epochs that train only the inserted blocks (every other row frozen with Ultralytics'
             ``freeze``) before the run's own schedule starts from those weights; 0: none. Part of the key (only
             when non-zero) and of the name (``+warm3``).
+        eval_split: Dataset split of the run's final validation (its recorded mAP and per-image matches). Training
+            and the choice of ``best.pt`` stay on ``val``; ``"test"`` reports on images nothing was chosen on.
     """
 
     model: str
@@ -127,6 +202,7 @@ class Run:
     name: str = ""
     pretrained_run: str | None = None
     warm_new_blocks: int = 0
+    eval_split: str = DEFAULT_EVAL_SPLIT
 
     def __post_init__(self) -> None:
         self.args = list(self.args or [])
@@ -134,6 +210,11 @@ class Run:
         for k in ("seed", "data", "pretrained"):
             if k in self.train:
                 raise ValueError(f"give {k!r} as a Run field, not as a training override")
+        if "split" in self.train:  # Ultralytics 8.4 would choose best.pt on that split
+            raise ValueError(
+                f"split={self.train['split']!r} as a training override would change the split best.pt is chosen on; "
+                f"give eval_split={self.train['split']!r} (--eval-split) to score the final validation on it instead"
+            )
         if (self.block is None) != (self.position is None):
             raise ValueError(f"block and position go together (got block={self.block!r}, position={self.position!r})")
         if self.pretrained_run is not None and not self.pretrained:
@@ -146,6 +227,8 @@ class Run:
             raise ValueError(f"warm_new_blocks={self.warm_new_blocks!r} must be an integer >= 0 (epochs)")
         if self.warm_new_blocks and self.block is None:
             raise ValueError("warm_new_blocks needs inserted blocks (a block and a position) to train first")
+        if self.eval_split not in SPLIT_KEYS:
+            raise ValueError(f"eval_split must be one of {', '.join(SPLIT_KEYS)}, got {self.eval_split!r}")
         if not self.name:
             self.name = self.label()
 
@@ -179,6 +262,8 @@ class Run:
             d["pretrained"] = f"run:{self.pretrained_run}"
         if self.warm_new_blocks:  # likewise
             d["warm_new_blocks"] = int(self.warm_new_blocks)
+        if self.eval_split != DEFAULT_EVAL_SPLIT:  # likewise: runs scored on val keep their keys
+            d["eval_split"] = self.eval_split
         return d
 
     @property
@@ -208,6 +293,7 @@ def make_plan(
     models: Sequence[str] = (),
     pretrained_run: str | None = None,
     warm_new_blocks: int = 0,
+    eval_split: str = DEFAULT_EVAL_SPLIT,
 ) -> list[Run]:
     """datasets x seeds x bases x (baseline + blocks x positions), in that order (a seed's runs together), plus
     ``models``.
@@ -227,6 +313,8 @@ def make_plan(
         pretrained_run: Key of the run that trained ``pretrained`` (see :attr:`Run.pretrained_run`).
         warm_new_blocks: Epochs training only the inserted blocks before each variant's schedule (see
             :attr:`Run.warm_new_blocks`); baselines and ``models`` train as usual.
+        eval_split: Split every run's final validation scores (see :attr:`Run.eval_split`); :func:`check_eval_splits`
+            (called by the sweep before anything trains) checks that each dataset has it.
 
     Raises:
         ValueError: The plan holds the same run twice.
@@ -241,7 +329,7 @@ def make_plan(
     pretrained = _abspath(pretrained)
     train = dict(train or {})
     block_args = dict(block_args or {})
-    common = {"train": train, "pretrained": pretrained, "pretrained_run": pretrained_run}
+    common = {"train": train, "pretrained": pretrained, "pretrained_run": pretrained_run, "eval_split": eval_split}
     plan = []
     for data in map(_abspath, datasets):
         for seed in seeds:

@@ -80,6 +80,9 @@ class RunRecord:
         train: Training overrides given to ``model.train``.
         pretrained: Weights transferred before training.
         pretrained_run: Key of the run that trained ``pretrained`` (a run of the same store), if one did.
+        eval_split: Dataset split the final validation scored: the recorded mAP, precision, recall and per-image
+            matches are this split's (``best.pt`` is chosen on ``val`` whatever it is). Records written before the
+            field existed read as ``"val"``.
         device: Device the run trained on.
         pid: Process that executed the run.
         started: Local start time, ``YYYY-mm-ddTHH:MM:SS``.
@@ -111,6 +114,11 @@ class RunRecord:
             8, sorted): :meth:`yolo_attn.explain.BlockUse.to_dict` per block (``row``, ``block``, ``family``,
             ``level``, ``ratio_mean``, ``ratio_std``, ``n_images``, ``gates``...); empty for runs without blocks and
             for records written before it existed.
+            e.g. after DDP training or on an ``eval_split`` other than ``val``, with the settings of Ultralytics'
+            final validation), ``split``, ``n_images``, ``n_predictions``, ``ap_tail``, and ``map50`` / ``map50_95``
+            recomputed from the matches (equal to the recorded ones); after a second validation the trainer's own
+            final-validation figures (on ``val``) as ``trainer_map50``, ``trainer_map50_95``...; or ``error`` when
+            the matches could not be kept.
         params: Parameter count.
         gflops: GFLOPs counted at ``gflops_imgsz``, attention included (:func:`yolo_attn.flops.count_flops`).
         gflops_ultralytics: Ultralytics' own figure for the fused model at the same size.
@@ -146,6 +154,7 @@ class RunRecord:
     train: dict = field(default_factory=dict)
     pretrained: str | None = None
     pretrained_run: str | None = None
+    eval_split: str = "val"
     # where and when
     device: str | None = None
     pid: int | None = None

@@ -42,7 +42,7 @@ from pathlib import Path
 from yolo_attn.execute import Measure
 from yolo_attn.executors.base import Context, Executor
 from yolo_attn.executors.local import local_executor
-from yolo_attn.plan import Run
+from yolo_attn.plan import Run, check_eval_splits
 from yolo_attn.store import ResultStore, RunRecord
 
 __all__ = ["Context", "Executor", "PLAN_NAME", "run_sweep"]
@@ -172,7 +172,12 @@ def run_sweep(
 
     Returns:
         The store's record for each planned run that has one, in plan order.
+
+    Raises:
+        ValueError: A dataset lacks the split its runs are scored on (:attr:`yolo_attn.plan.Run.eval_split`); raised
+            before anything is written or trained.
     """
+    check_eval_splits(plan)  # every dataset of the plan, before the first run trains (whichever executor)
     out = Path(out)
     settings = Measure.of(settings)
     if executor is None:
