@@ -93,7 +93,7 @@ def test_budget_and_seeds_are_checked_before_any_training(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- decisions
-def test_decide_states_its_evidence_and_ranks_by_lower_bound():
+def test_decide_states_its_evidence_and_ranks_by_upper_bound():
     cands = [
         Candidate("worse", "a", "neck", delta=-0.05, low=-0.08, high=-0.03),
         Candidate("best", "a", "head", delta=0.04, low=0.02, high=0.06),
@@ -107,12 +107,22 @@ def test_decide_states_its_evidence_and_ranks_by_lower_bound():
         "worse": ("worse", "worse: interval [-0.0800, -0.0300] below 0", None),
         "dominated": ("dominated", "dominated: upper bound +0.0100 below best's lower bound +0.0200", None),
         "broken": ("failed", "screening run failed: RuntimeError: boom", None),
-        "best": ("kept", "rank 1: lower bound +0.0200", 1),
-        "steady": ("kept", "rank 2: lower bound +0.0000", 2),
-        "noisy": ("over budget", "rank 3: lower bound -0.0100; the budget confirms 2", 3),
+        "noisy": ("kept", "rank 1: upper bound +0.1100", 1),
+        "best": ("kept", "rank 2: upper bound +0.0600", 2),  # ties with steady on the bound, larger change
+        "steady": ("over budget", "rank 3: upper bound +0.0600; the budget confirms 2", 3),
     }
     assert [c.decision for c in decide(cands[::-1], 2)][::-1] == [c.decision for c in decide(cands, 2)]  # any order
     assert all(c.decision == "" for c in cands)  # the input is not modified
+
+
+def test_a_block_pinned_at_zero_is_not_confirmed_before_one_that_may_gain():
+    """A block that stayed the identity has the narrowest interval and the highest lower bound; it cannot gain."""
+    cands = [
+        Candidate("unused", "a", "sppf_before", delta=0.0, low=-0.00001, high=0.00001),
+        Candidate("maybe", "b", "neck", delta=0.0018, low=-0.0015, high=0.0059),
+    ]
+    got = {c.name: (c.decision, c.rank) for c in decide(cands, max_kept=1)}
+    assert got == {"maybe": ("kept", 1), "unused": ("over budget", 2)}
 
 
 # --------------------------------------------------------------------------------------------------- the search

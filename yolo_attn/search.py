@@ -37,7 +37,7 @@ Examples:
     >>> c = [Candidate("a", "dat", "neck", delta=-0.05, low=-0.08, high=-0.03),
     ...      Candidate("b", "bot", "neck", delta=0.001, low=-0.02, high=0.02)]
     >>> [(x.decision, x.reason) for x in decide(c, max_kept=2)]
-    [('worse', 'worse: interval [-0.0800, -0.0300] below 0'), ('kept', 'rank 1: lower bound -0.0200')]
+    [('worse', 'worse: interval [-0.0800, -0.0300] below 0'), ('kept', 'rank 1: upper bound +0.0200')]
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class Candidate:
         problem: Why there is no interval (no per-image file, other images...).
         decision: ``kept``, ``worse``, ``dominated``, ``failed`` or ``over budget`` (empty before :func:`decide`).
         reason: The evidence for the decision, in words.
-        rank: Place among the candidates not dropped (1 = first), by lower bound.
+        rank: Place among the candidates not dropped (1 = first), by upper bound.
     """
 
     name: str
@@ -425,13 +425,16 @@ def decide(candidates: Sequence[Candidate], max_kept: int) -> list[Candidate]:
     2. ``worse``: the paired image interval of the change lies below zero.
     3. ``dominated``: the upper bound lies below the lower bound of the best candidate (the highest lower bound among
        those not dropped yet): the two intervals do not overlap, so the screen itself says the best one is better.
-    4. The rest are ranked by their **lower bound** (then the point change, then the name, so ties are settled the
+    4. The rest are ranked by their **upper bound** (then the point change, then the name, so ties are settled the
        same way every time), and the first ``max_kept`` are ``kept``; the others are ``over budget`` (not dropped
-       on evidence, only not confirmed). The lower bound rather than the point change: every candidate is compared
-       with the same baseline on the same images, so the intervals differ in width mainly by how erratic a
-       candidate's own predictions were, and the lower bound, what the screen says the candidate gives at least,
-       does not let a noisy candidate in on a lucky point estimate. Candidates without an interval (no per-image
-       file) rank after those with one, by their change.
+       on evidence, only not confirmed). The upper bound, the most the screen allows a candidate to gain, rather than
+       the lower bound or the point change: screening looks for the cells worth confirming, and a cell is worth it
+       when a gain is still possible. A block the screen pins at zero (one that stayed the identity gives the
+       interval [-0.0000, +0.0000]) has the highest lower bound of all and cannot turn out better; ranked by the lower
+       bound it would take the budget first (seen on the demo data: the three blocks before SPPF at 64 px, whose 2x2
+       maps left them unused). A noisy candidate's wide interval does rank it up, which is what confirmation is
+       for: its verdict comes from fresh seeds, never from the screen. Candidates without an interval (no
+       per-image file) rank after those with one, by their change.
 
     Args:
         candidates: Screened candidates (``status``, ``delta``, ``low``, ``high`` filled in).
@@ -448,7 +451,7 @@ def decide(candidates: Sequence[Candidate], max_kept: int) -> list[Candidate]:
             c.decision, c.reason = "worse", f"worse: interval [{c.low:+.4f}, {c.high:+.4f}] below 0"
     with_iv = [c for c in out if not c.decision and c.low is not None]
     if with_iv:
-        best = min(with_iv, key=_order)
+        best = max(with_iv, key=lambda c: (c.low, c.name))  # the highest lower bound: what the screen is surest of
         for c in with_iv:
             if c.high < best.low:
                 c.decision = "dominated"
@@ -457,7 +460,7 @@ def decide(candidates: Sequence[Candidate], max_kept: int) -> list[Candidate]:
     for i, c in enumerate(rest, 1):
         c.rank = i
         by = (
-            f"lower bound {c.low:+.4f}" if c.low is not None else f"change {_f(c.delta)} ({c.problem or 'no interval'})"
+            f"upper bound {c.high:+.4f}" if c.high is not None else f"change {_f(c.delta)} ({c.problem or 'no interval'})"
         )
         if i <= max_kept:
             c.decision, c.reason = "kept", f"rank {i}: {by}"
@@ -467,9 +470,9 @@ def decide(candidates: Sequence[Candidate], max_kept: int) -> list[Candidate]:
 
 
 def _order(c: Candidate) -> tuple:
-    """Best first: an interval, the higher lower bound, the larger change, then the name (ties settle the same way)."""
-    low = -c.low if c.low is not None else 0.0
-    return (c.low is None, low, -c.delta if c.delta is not None else math.inf, c.name)
+    """Best first: an interval, the higher upper bound, the larger change, then the name (ties settle the same way)."""
+    high = -c.high if c.high is not None else 0.0
+    return (c.high is None, high, -c.delta if c.delta is not None else math.inf, c.name)
 
 
 # --------------------------------------------------------------------------------------------------- the search
@@ -728,7 +731,7 @@ def search_markdown(outcome: SearchOutcome, heading: str = "##") -> list[str]:
         f"compared with it by a paired bootstrap over {n_img} ({o.resamples} resamples, {pct} interval of the change "
         "in mAP50-95). A candidate is dropped only on evidence: **worse** (its interval lies below 0), **dominated** "
         "(its upper bound lies below the best candidate's lower bound), or **failed**. The others are ranked by their "
-        "lower bound and confirmed as far as the budget allows. Screening intervals are not verdicts: the best of "
+        "upper bound (the most the screen allows them to gain) and confirmed as far as the budget allows. Screening intervals are not verdicts: the best of "
         "many short runs looks better than it is, so the verdicts below come from the confirmation runs alone.",
         "",
     ]
