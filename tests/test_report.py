@@ -322,7 +322,14 @@ SUMMARY_COLUMNS = (
     "d_map50_95_std,d_map50_95_low,d_map50_95_high,d_map50_95_seed_low,d_map50_95_seed_high,d_map50_95_detectable,"
     "d_map50_95_limited_by,verdict_map50_95,verdict_map50_95_note,d_map50,d_map50_std,d_map50_low,d_map50_high,"
     "d_map50_seed_low,d_map50_seed_high,d_map50_detectable,d_map50_limited_by,verdict_map50,verdict_map50_note,"
-    "intervals,params,gflops,gflops_ultralytics,gflops_imgsz,latency_ms_b1,data,train"
+    "intervals,params,gflops,gflops_ultralytics,gflops_imgsz,latency_ms_b1,data,train,margin,equivalence_map50_95,"
+    "equivalence_map50,"
+    + "".join(
+        f"n_targets_{s},ap_{s}_base,ap_{s},d_ap_{s},d_ap_{s}_low,d_ap_{s}_high,d_ap_{s}_seed_low,d_ap_{s}_seed_high,"
+        f"verdict_ap_{s},equivalence_ap_{s},"
+        for s in ("small", "medium", "large")
+    )
+    + "utilisation"
 )
 
 
