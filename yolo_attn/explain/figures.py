@@ -190,6 +190,7 @@ def _centres(dets: torch.Tensor, hw: tuple[int, int]) -> list[tuple[float, float
     return list(zip(cy.tolist(), cx.tolist()))
 
 
+@torch.no_grad()  # a relative-position bias read from its parameters would otherwise carry a graph
 def dense_map(view: LayerView, centres: Sequence[tuple[float, float]], hw: tuple[int, int]) -> tuple[np.ndarray, float]:
     """Maximum over queries of each query's head-averaged attention map (scaled to peak 1), upsampled to ``hw``, and
     how peaked the maps are: the mean over queries of the largest weight times the key count (1 = uniform)."""

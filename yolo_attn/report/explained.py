@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from yolo_attn.report.summary import ConfigSummary, RunView, stem
 from yolo_attn.store import RunRecord
@@ -59,6 +60,16 @@ def _data(data: str | None, folder: Path) -> str | None:
     return data  # a dataset Ultralytics resolves by name (coco128.yaml)
 
 
+def _model(weights: Path | None, loaded: dict[Path, Any]) -> Any:
+    if weights is None:  # _draw is only called for pairs whose two runs have weights
+        raise FileNotFoundError("weights missing")
+    if weights not in loaded:
+        from yolo_attn._compat import YOLO
+
+        loaded[weights] = YOLO(str(weights)).model
+    return loaded[weights]
+
+
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in text).strip("_") or "config"
 
@@ -80,6 +91,7 @@ def explain_figures(
     result: dict[tuple[str, str], ExplainFigures] = {}
     used: set[str] = set()
     images: dict[str | None, list[Path] | str] = {}
+    loaded: dict[Path, Any] = {}  # the baseline of a seed is drawn beside every variant: loaded once
     for c in summary:
         if c.baseline:
             continue
@@ -95,7 +107,7 @@ def explain_figures(
             )
             result[(c.group, c.config)] = ExplainFigures(c.config, c.group, note=why)
             continue
-        result[(c.group, c.config)] = _draw(c, pair, folder, out, n_images, used, images)
+        result[(c.group, c.config)] = _draw(c, pair, folder, out, n_images, used, images, loaded)
     return result
 
 
@@ -107,11 +119,13 @@ def _draw(
     n_images: int,
     used: set[str],
     images: dict[str | None, list[Path] | str],
+    loaded: dict[Path, Any],
 ) -> ExplainFigures:
     from yolo_attn.explain import explain, validation_images  # torch and Ultralytics: only when there is a figure
 
     rec, base = pair.record, pair.baseline
-    assert base is not None
+    if base is None:  # explain_figures passes pairs only
+        raise ValueError(f"{rec.name} has no baseline to draw beside it")
     if c.data not in images:
         try:
             images[c.data] = validation_images(_data(c.data, folder) or "", n_images)
@@ -128,8 +142,8 @@ def _draw(
     imgsz = rec.imgsz or (rec.train or {}).get("imgsz") or 640
     names = [f"{stem(base)} (baseline), seed {base.seed}", f"{c.config}, seed {rec.seed}"]
     try:
-        paths = explain([_weights(base, folder), _weights(rec, folder)], files, out / "explain" / slug,
-                        imgsz=int(imgsz), max_images=n_images, names=names)  # fmt: skip
+        models = [_model(_weights(r, folder), loaded) for r in (base, rec)]
+        paths = explain(models, files, out / "explain" / slug, imgsz=int(imgsz), max_images=n_images, names=names)
     except Exception as e:  # a figure is an extra: one that fails is named in the report, which still gets written
         LOGGER.warning("explain figures of %s failed: %s", c.config, e)
         return ExplainFigures(c.config, c.group, rec.seed, note=f"explain failed ({type(e).__name__}: {e})")
