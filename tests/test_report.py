@@ -4,6 +4,8 @@ import csv
 import dataclasses
 import json
 import re
+import struct
+from pathlib import Path
 
 import pytest
 
@@ -130,29 +132,36 @@ def test_report_cli_and_missing_store(store, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------- intervals
-def _matches_store(folder, seeds=(0, 1, 2), skills=None, data="/d/shapes.yaml", n_images=150, shuffle_ids=False):
+def _matches_store(folder, seeds=(0, 1, 2), skills=None, data="/d/shapes.yaml", n_images=150, shuffle_ids=False,
+                   areas=False, size_skills=None, same=()):  # fmt: skip
     """A store whose runs carry per-image files: simulated validations of one image set (yolo_attn.stats), the
-    baseline and each variant with its own noise per seed; each record's mAP is its file's."""
+    baseline and each variant with its own noise per seed; each record's mAP is its file's. Without ``areas`` the files
+    have no box areas (as format 1); ``size_skills``: family -> (small, medium, large) extra skill; the families in
+    ``same`` get the baseline's own files (an identical model)."""
     import numpy as np
 
     from yolo_attn.stats import Matches, map_scores, synthetic_validation
 
     skills = skills or {"bot": 0.0, "dat": 1.5}
     S = len(seeds)
+    sizes = [(0, 0, 0)] * S + [(size_skills or {}).get(f, (0, 0, 0)) for f in skills for _ in seeds]
     ms = synthetic_validation(n_images, 4, skills=[0.0] * S + [s for s in skills.values() for _ in seeds], seed=3,
-                              false_positives_per_image=10, iou_thresholds=np.linspace(0.5, 0.95, 10))  # fmt: skip
+                              false_positives_per_image=10, iou_thresholds=np.linspace(0.5, 0.95, 10),
+                              size_skills=sizes)  # fmt: skip
     ids = tuple(f"images/val/{i:04d}.png" for i in range(n_images))
     st = ResultStore(folder)
     for j, fam in enumerate(["baseline", *skills]):
         for k, seed in enumerate(seeds):
-            m = ms[j * S + k]
+            m = ms[(0 if fam in same else j) * S + k]
+            extra = {"target_area": m.target_area, "pred_area": m.pred_area, "matched_target": m.matched_target}
             m = Matches(m.image, m.conf, m.cls, m.tp, m.target_image, m.target_cls, m.n_images, image_ids=ids,
-                        names={0: "circle", 1: "square", 2: "triangle", 3: "star"})  # fmt: skip
+                        names={0: "circle", 1: "square", 2: "triangle", 3: "star"},
+                        **(extra if areas else {}))  # fmt: skip
             if shuffle_ids and fam != "baseline":  # the same images, numbered in another order
                 perm = np.random.default_rng(seed).permutation(n_images)
                 inv = np.argsort(perm)
-                m = Matches(inv[m.image], m.conf, m.cls, m.tp, inv[m.target_image], m.target_cls, n_images,
-                            image_ids=tuple(ids[p] for p in perm), names=m.names)  # fmt: skip
+                m = dataclasses.replace(m, image=inv[m.image], target_image=inv[m.target_image],
+                                        image_ids=tuple(ids[p] for p in perm))  # fmt: skip
             s = map_scores(m)
             base = fam == "baseline"
             name = "yolov8n" if base else f"yolov8n-{fam}-sppf_before"
@@ -322,7 +331,14 @@ SUMMARY_COLUMNS = (
     "d_map50_95_std,d_map50_95_low,d_map50_95_high,d_map50_95_seed_low,d_map50_95_seed_high,d_map50_95_detectable,"
     "d_map50_95_limited_by,verdict_map50_95,verdict_map50_95_note,d_map50,d_map50_std,d_map50_low,d_map50_high,"
     "d_map50_seed_low,d_map50_seed_high,d_map50_detectable,d_map50_limited_by,verdict_map50,verdict_map50_note,"
-    "intervals,params,gflops,gflops_ultralytics,gflops_imgsz,latency_ms_b1,data,train"
+    "intervals,params,gflops,gflops_ultralytics,gflops_imgsz,latency_ms_b1,data,train,margin,equivalence_map50_95,"
+    "equivalence_map50,"
+    + "".join(
+        f"n_targets_{s},ap_{s}_base,ap_{s},d_ap_{s},d_ap_{s}_low,d_ap_{s}_high,d_ap_{s}_seed_low,d_ap_{s}_seed_high,"
+        f"verdict_ap_{s},equivalence_ap_{s},"
+        for s in ("small", "medium", "large")
+    )
+    + "utilisation"
 )
 
 
@@ -381,3 +397,157 @@ def test_plot_texts_fit_in_their_figures(tmp_path, monkeypatch):
                 box = t.get_window_extent(renderer)
                 assert box.x0 >= -1 and box.y0 >= -1, t.get_text()
                 assert box.x1 <= fig.bbox.x1 + 1 and box.y1 <= fig.bbox.y1 + 1, t.get_text()
+
+
+# --------------------------------------------------------------------------------------------------- strata, margin
+def test_size_strata_rows_and_columns_are_the_stats_functions(tmp_path):
+    """A gain planted on large objects only: per stratum, the report's image interval is the paired bootstrap's (the
+    same resamples), its seed interval the t-interval of the per-seed changes of each run's own stratum AP, and the
+    verdicts say better for large, no detectable difference for small; in report.md, both CSVs and the LaTeX."""
+    from yolo_attn.report import load_matches
+    from yolo_attn.stats import map_scores, paired_bootstrap, seed_interval
+
+    store = _matches_store(tmp_path, skills={"big": 0.0}, areas=True, size_skills={"big": (0, 0, 2.5)})
+    paths = write_report(store, resamples=300)
+    base, big = paths["summary"]
+    by = {s.name: s for s in big.strata}
+    assert list(by) == ["small", "medium", "large"]
+    assert by["large"].verdict.label == "better" and by["small"].verdict.label == "no detectable difference"
+    recs = load_records(store)
+    matches, _ = load_matches(store, recs)
+    pairs = [(v.baseline.key, v.key) for v in big.runs]
+    ref = paired_bootstrap([matches[b] for b, _ in pairs], [matches[v] for _, v in pairs], n_resamples=300, seed=0)
+    for r, s in zip(ref.strata, big.strata):
+        assert (r.name, r.n_targets, r.map50_95.interval) == (s.name, s.n_targets, s.image_interval)
+        diffs = [map_scores(matches[v], stratum=s.name).map50_95 - map_scores(matches[b], stratum=s.name).map50_95
+                 for b, v in pairs]  # fmt: skip
+        want = seed_interval(diffs)
+        assert (s.seed_interval.low, s.seed_interval.high) == pytest.approx((want.low, want.high), abs=1e-12)
+    md = paths["markdown"].read_text()
+    assert "By object size (COCO areas, original pixels" in md and "Size strata unavailable" not in md
+    assert re.search(r"\| big@sppf_before +\| large +\| +\d+ \|.*\| better +\|", md)
+    summ = {r["config"]: r for r in csv.DictReader(paths["summary_csv"].open())}["big@sppf_before"]
+    assert float(summ["d_ap_large_low"]) > 0 and summ["verdict_ap_large"] == "better"
+    assert float(summ["d_ap_small_low"]) == pytest.approx(by["small"].image_interval.low)
+    assert float(summ["d_ap_large_seed_low"]) == pytest.approx(by["large"].seed_interval.low)
+    runs = list(csv.DictReader(paths["csv"].open()))
+    for row in runs:
+        m = matches[row["key"]]
+        for s in ("small", "medium", "large"):
+            assert float(row[f"ap50_95_{s}"]) == pytest.approx(map_scores(m, stratum=s).map50_95, abs=1e-12)
+    tex = paths["latex"].read_text()
+    assert "by object size" in tex and "big@sppf\\_before & large &" in tex
+
+
+def test_store_without_areas_reports_without_strata_and_says_so(tmp_path):
+    store = _matches_store(tmp_path, seeds=(0, 1, 2))  # files without box areas (format 1 and early captures)
+    paths = write_report(store, resamples=200)
+    md = paths["markdown"].read_text()
+    assert "By object size" not in md and "Size strata unavailable for 9 runs" in md and "format 1" in md
+    assert all(not c.strata for c in paths["summary"]) and "better" in md
+    summ = list(csv.DictReader(paths["summary_csv"].open()))
+    assert all(r["d_ap_small"] == "" for r in summ)
+    assert "ap50_95_small" not in paths["csv"].read_text().splitlines()[0]
+
+
+def test_equivalence_margin(tmp_path):
+    """Margin 0.005: an identical model is equivalent, a planted loss of about 0.03 is not (nor "not worse"), a large
+    gain is "not worse"; the legend explains each verdict; the CLI takes --margin."""
+    store = _matches_store(tmp_path, skills={"same": 0.0, "less": -0.1, "dat": 1.5}, same=("same",))
+    paths = write_report(store, resamples=200, margin=0.005)
+    by = {c.config: c for c in paths["summary"]}
+    same, less, dat = by["same@sppf_before"], by["less@sppf_before"], by["dat@sppf_before"]
+    assert same.delta["map50_95"].mean == 0 and same.verdicts["map50_95"].equivalence == "equivalent"
+    assert -0.05 < less.delta["map50_95"].mean < -0.015 and less.verdicts["map50_95"].equivalence is None
+    assert dat.verdicts["map50_95"].equivalence == "not worse"
+    md = paths["markdown"].read_text()
+    assert re.search(r"\| same@sppf_before +\| mAP50-95 .*\| no detectable difference; equivalent within ±0\.005", md)
+    assert re.search(r"\| less@sppf_before +\| mAP50-95 .*; not shown equivalent within ±0\.005", md)
+    assert re.search(r"\| dat@sppf_before +\| mAP50-95 .*\| better; not worse than \u22120\.005", md)
+    for word in ("**better**", "**no detectable difference**", "**equivalent within ±0.005**", "**not worse than"):
+        assert word in md
+    summ = {r["config"]: r for r in csv.DictReader(paths["summary_csv"].open())}
+    assert summ["same@sppf_before"]["equivalence_map50_95"] == "equivalent within ±0.005"
+    assert summ["same@sppf_before"]["margin"] == "0.005" and summ["less@sppf_before"][
+        "equivalence_map50_95"
+    ].startswith("not shown")
+    assert "equivalent within $\\pm$0.005" in paths["latex"].read_text()
+    out = tmp_path / "cli"
+    assert main(["report", str(store), "--out", str(out), "--resamples", "100", "--margin", "0.005"]) == 0
+    assert "equivalent within ±0.005" in (out / "report.md").read_text()
+    with pytest.raises(ValueError, match="margin must be a positive number"):
+        write_report(store, resamples=100, margin=-1)
+
+
+# --------------------------------------------------------------------------------------------------- utilisation
+def _use(row, level, ratio, sd, gamma):
+    return {"row": row, "block": "BoT", "family": "bot", "level": level, "ratio_mean": ratio, "ratio_std": sd,
+            "n_images": 8, "gates": {"bn_gamma": gamma}}  # fmt: skip
+
+
+def test_utilisation_table_from_records(tmp_path):
+    """The records' utilisation per block row over seeds, and the one-line summary in the verdict table."""
+    s = ResultStore(tmp_path / STORE_NAME)
+    for seed, (r3, r4) in enumerate([(0.02, 0.04), (0.022, 0.04)]):
+        s.append(_rec("yolov8n", seed, 0.3, 8.7, 8.7, baseline=True))
+        uses = [_use(16, 3, r3, 0.004, 0.01), _use(20, 4, r4, 0.005, 0.02)]
+        s.append(_rec("yolov8n-bot-neck", seed, 0.3, 9.0, 9.0, "BoT", "bot", "neck", utilisation=uses))
+    paths = write_report(tmp_path)
+    md = paths["markdown"].read_text()
+    assert "Block use after training" in md
+    assert re.search(r"\| bot@neck +\| BoT +\| +16 \| P3 +\| +2 \| +2\.1% ± 0\.1% \| +0\.4% \|.*bn_gamma 0\.010", md)
+    assert re.search(r"\| bot@neck +\| BoT +\| +20 \| P4 +\| +2 \| +4\.0% ± 0\.0% \|", md)
+    assert re.search(r"\| bot@neck +\| mAP50-95 .*\| bot: branch 2\.1% of input at P3, 4\.0% at P4 +\|", md)
+    summ = {r["config"]: r for r in csv.DictReader(paths["summary_csv"].open())}
+    assert summ["bot@neck"]["utilisation"] == "bot: branch 2.1% of input at P3, 4.0% at P4"
+    assert "utilisation" not in paths["csv"].read_text().splitlines()[0]  # nested: summary.csv has the line
+
+
+# --------------------------------------------------------------------------------------------------- explain, search
+def test_explain_figures_without_weights_get_a_note(store):
+    paths = write_report(store)
+    md = paths["markdown"].read_text()
+    assert "- `bot@sppf_before`: no figures, no trained weights kept in the store" in md and paths["explain"] == []
+    assert not (store / "report" / "explain").exists()
+    assert "What the blocks look at" not in write_report(store, explain_images=0)["markdown"].read_text()
+
+
+def test_explain_figures_written_and_linked(tmp_path, registered, shapes_data):
+    """A tiny store with weights (untrained, saved the way Ultralytics saves them): one figure per image and variant,
+    baseline above the variant, at the run's size, linked from report.md."""
+    from yolo_attn._compat import YOLO
+    from yolo_attn.edit import make_variant, save_variant
+
+    (tmp_path / "w").mkdir()
+    YOLO("yolov8n.yaml").save(tmp_path / "w" / "base.pt")
+    cfg = save_variant(make_variant("yolov8n.yaml", "bot", "sppf_before"), tmp_path / "yolov8n-bot-sppf_before.yaml")
+    YOLO(str(cfg)).save(tmp_path / "w" / "bot.pt")
+    s = ResultStore(tmp_path / STORE_NAME)
+    for seed in (1, 0):
+        s.append(_rec("yolov8n", seed, 0.3, 8.7, 8.7, baseline=True, data=shapes_data, imgsz=64, weights="w/base.pt"))
+        s.append(_rec("yolov8n-bot-sppf_before", seed, 0.3, 9.0, 9.0, "BoT", "bot", "sppf_before", data=shapes_data,
+                      imgsz=64, weights="w/bot.pt"))  # fmt: skip
+    paths = write_report(tmp_path, explain_images=2)
+    figs = paths["explain"]
+    assert [p.relative_to(tmp_path / "report").as_posix() for p in figs] == [
+        f"explain/bot_sppf_before/{p.stem}.png"
+        for p in sorted((Path(shapes_data).parent / "images" / "val").glob("*"))[:2]
+    ]
+    for p in figs:
+        head = p.read_bytes()[:24]
+        assert head[:8] == PNG and struct.unpack(">II", head[16:24]) == (3 * 320, 2 * 320)  # 2 rows, 1 block
+    md = paths["markdown"].read_text()
+    assert "`bot@sppf_before` (seed 0):" in md  # the lowest seed
+    assert all(f"]({p.relative_to(tmp_path / 'report').as_posix()})" in md for p in figs)
+
+
+def test_search_section_when_the_store_has_a_search(store):
+    from yolo_attn.search import Candidate, SearchOutcome
+
+    assert "## Search" not in write_report(store)["markdown"].read_text()
+    o = SearchOutcome("/d/shapes.yaml", "yolov8n.yaml", None, {"epochs": 4}, {"epochs": 1}, 100, [0, 1, 2], 19,
+                      candidates=[Candidate("yolov8n-bot-neck", "bot", "neck", decision="worse", reason="worse: below 0")])  # fmt: skip
+    o.save(store)
+    md = write_report(store)["markdown"].read_text()
+    assert "## Search: where does a block help?" in md and "worse: below 0" in md
+    assert md.index("## Search") < md.index("## Per run")

@@ -151,7 +151,7 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
     if a.report:
         from yolo_attn.report import write_report
 
-        paths = write_report(a.out, resamples=a.resamples)
+        paths = write_report(a.out, resamples=a.resamples, margin=a.margin)
         print(f"report: {paths['markdown']}")
     return 1 if failed and a.strict else 0
 
@@ -211,7 +211,8 @@ def _cmd_search(a: argparse.Namespace) -> int:
 def _cmd_report(a: argparse.Namespace) -> int:
     from yolo_attn.report import write_report
 
-    paths = write_report(a.store, out=a.out, title=a.title, resamples=a.resamples, ci=a.ci)
+    paths = write_report(a.store, out=a.out, title=a.title, resamples=a.resamples, ci=a.ci, margin=a.margin,
+                         explain_images=a.explain_images)  # fmt: skip
     print(f"markdown: {paths['markdown']}\ncsv: {paths['csv']}, {paths['summary_csv']}\nlatex: {paths['latex']}")
     for q in paths["plots"]:
         print(f"plot: {q}")
@@ -410,6 +411,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--plan-only", action="store_true", help="print the plan (keys, names) and exit")
     s.add_argument("--report", action="store_true", help="write the report when the sweep ends")
     s.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates of the report's intervals")
+    s.add_argument("--margin", type=float, default=None, help="with --report: equivalence margin (e.g. 0.005 mAP)")
     s.add_argument("--strict", action="store_true", help="exit 1 when a run failed")
     _add_measure_args(s)
     s.set_defaults(func=_cmd_ablate)
@@ -443,6 +445,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--print", action="store_true", help="print the Markdown report")
     r.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates per comparison")
     r.add_argument("--ci", type=float, default=0.95, help="confidence level of the intervals and verdicts")
+    r.add_argument("--margin", type=float, default=None, help="equivalence margin, e.g. 0.005 (mAP; default: none)")
+    r.add_argument("--explain-images", type=int, default=4, help="images of each variant's explain figure (0: none)")
     r.set_defaults(func=_cmd_report)
 
     e = sub.add_parser(

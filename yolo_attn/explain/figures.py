@@ -190,6 +190,7 @@ def _centres(dets: torch.Tensor, hw: tuple[int, int]) -> list[tuple[float, float
     return list(zip(cy.tolist(), cx.tolist()))
 
 
+@torch.no_grad()  # a relative-position bias read from its parameters would otherwise carry a graph
 def dense_map(view: LayerView, centres: Sequence[tuple[float, float]], hw: tuple[int, int]) -> tuple[np.ndarray, float]:
     """Maximum over queries of each query's head-averaged attention map (scaled to peak 1), upsampled to ``hw``, and
     how peaked the maps are: the mean over queries of the largest weight times the key count (1 = uniform)."""
@@ -292,6 +293,7 @@ def explain(
     cam_layer: int | None = None,
     conf: float = 0.25,
     panel: int = 320,
+    names: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write one PNG per image of ``source`` with the models of ``weights`` side by side (one row each).
 
@@ -304,20 +306,23 @@ def explain(
         cam_layer: Row whose output EigenCAM explains (default: the last row before the detection head).
         conf: Detection confidence threshold.
         panel: Pixels per panel (a figure is ``(2 + blocks) * panel`` wide and ``models * panel`` high).
+        names: One title per model (default: the weights' file name, or the model's class).
 
     Returns:
         The written PNG paths, in image order. The models' outputs are unchanged (hooks only observe).
     """
     if not weights:
         raise ValueError("explain needs at least one weights file or model")
+    if names is not None and len(names) != len(weights):
+        raise ValueError(f"names gives {len(names)} titles for {len(weights)} models: give one per model or none")
     files = image_files(source, max_images)
     x, arrays = load_images(files, imgsz)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_model = []
-    for w in weights:
+    for i, w in enumerate(weights):
         name, net = _load(w)
-        per_model.append(_views(net, name, x, cam_layer, conf))
+        per_model.append(_views(net, names[i] if names is not None else name, x, cam_layer, conf))
     paths = []
     for i, f in enumerate(files):
         paths.append(_figure(arrays[i], [views[i] for views in per_model], out / f"{Path(f).stem}.png", panel))

@@ -13,7 +13,11 @@ baseline already contains attention (YOLO11 / YOLO26 have C2PSA). Outputs (defau
 - ``results.csv``: one row per run, every scalar field of the record, plus its change against the same-seed baseline
   with the image interval (``d_map50_95_low`` / ``_high``...) and its configuration's verdicts.
 - ``summary.csv``: one row per configuration: means, spreads, intervals, verdicts, cost.
-- ``summary.tex``: the summary tables as LaTeX (booktabs), one ``table`` per dataset and group.
+- ``summary.tex``: the summary tables as LaTeX (booktabs), one ``table`` per dataset and group (and one by object
+  size when the per-image files carry box areas).
+- Per group also: AP50-95 by COCO size stratum with both intervals and verdicts, equivalence within ``margin``, the
+  blocks' utilisation (:mod:`~yolo_attn.report.utilisation`), explain figures of each variant beside its baseline
+  (:mod:`~yolo_attn.report.explained`, ``explain/<config>/``), and the search section when ``search.json`` exists.
 - Plots, per dataset (suffixed with the dataset's name when there are several): ``map_vs_gflops.png`` (mAP50-95
   against GFLOPs counted at the real size, Pareto front, Ultralytics' own GFLOPs as hollow markers),
   ``delta_by_position.png`` (change against the baseline per insertion point and family: bars the mean over seeds,
@@ -50,6 +54,7 @@ from yolo_attn.report.summary import (
     ConfigSummary,
     RunView,
     Spread,
+    StratumSummary,
     compare,
     load_matches,
     load_records,
@@ -64,6 +69,7 @@ __all__ = [
     "ConfigSummary",
     "RunView",
     "Spread",
+    "StratumSummary",
     "compare",
     "load_matches",
     "load_records",

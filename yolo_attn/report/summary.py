@@ -35,7 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from yolo_attn.stats import Interval, Matches, PairedBootstrap, SeedInterval, Verdict, map_scores, paired_bootstrap
+from yolo_attn.stats import (
+    STRATA,
+    Interval,
+    Matches,
+    PairedBootstrap,
+    SeedInterval,
+    StratumComparison,
+    Verdict,
+    map_scores,
+    paired_bootstrap,
+)
 from yolo_attn.stats import seed_interval as _seed_interval
 from yolo_attn.stats import verdict as _verdict
 from yolo_attn.store import ResultStore, RunRecord
@@ -46,6 +56,7 @@ __all__ = [
     "ConfigSummary",
     "RunView",
     "Spread",
+    "StratumSummary",
     "compare",
     "finite",
     "group",
@@ -56,6 +67,7 @@ __all__ = [
     "start",
     "start_label",
     "stem",
+    "stratum_scores",
     "summarize",
 ]
 
@@ -128,12 +140,16 @@ class RunView:
             base model when there is one), None for failed runs and runs without one. A baseline is its own.
         deltas: Scalar name (:data:`DELTAS`) -> the run's value minus the baseline's, where both are numbers.
         bootstrap: The run against its own baseline over image resamples (set by :func:`compare`), or why not.
+        strata: COCO size stratum (:data:`yolo_attn.stats.STRATA`) -> the run's AP50-95 on the objects of that size
+            (set by :func:`compare`; only strata with targets); None when its per-image file is missing or has no box
+            areas (format 1).
     """
 
     record: RunRecord
     baseline: RunRecord | None = None
     deltas: Mapping[str, float] = field(default_factory=dict)
     bootstrap: PairedBootstrap | str | None = None
+    strata: Mapping[str, float] | None = None
 
     @property
     def key(self) -> str:
@@ -143,6 +159,33 @@ class RunView:
         """The 95% (or the level compared at) image interval of the run's own difference, when it has one."""
         b = self.bootstrap
         return getattr(b, metric).interval if isinstance(b, PairedBootstrap) else None
+
+
+@dataclass(frozen=True)
+class StratumSummary:
+    """A variant against its baselines on the objects of one COCO size stratum (small, medium, large).
+
+    Attributes:
+        name: ``"small"``, ``"medium"`` or ``"large"`` (COCO's area bounds 32² and 96², original image pixels).
+        comparison: The paired bootstrap's comparison for the stratum (targets, both models' mAP, image interval).
+        delta: The same-seed differences of the stratum's AP50-95 over seeds (from each run's own per-image file).
+        seed_interval: t-interval over those differences (from 3 seeds), else None.
+        verdict: From the image interval and the seed interval, as for the overall metric.
+    """
+
+    name: str
+    comparison: StratumComparison
+    delta: Spread
+    seed_interval: SeedInterval | None
+    verdict: Verdict
+
+    @property
+    def n_targets(self) -> int:
+        return self.comparison.n_targets
+
+    @property
+    def image_interval(self) -> Interval:
+        return self.comparison.map50_95.interval
 
 
 @dataclass(frozen=True)
@@ -173,6 +216,9 @@ class ConfigSummary:
         seed_intervals: Metric -> t-interval over the same-seed differences (from 3 seeds).
         verdicts: Metric -> verdict (only with a bootstrap).
         unavailable: Why there is no image interval (no per-image file, no baseline, other images...), else None.
+        strata: Per COCO size stratum with targets, the comparison, seed interval and verdict (variants whose runs'
+            per-image files all carry box areas; else empty).
+        margin: The equivalence margin the verdicts were called with (None: no equivalence call).
     """
 
     config: str
@@ -205,6 +251,8 @@ class ConfigSummary:
     seed_intervals: Mapping[str, SeedInterval] = field(default_factory=dict)
     verdicts: Mapping[str, Verdict] = field(default_factory=dict)
     unavailable: str | None = None
+    strata: tuple[StratumSummary, ...] = ()
+    margin: float | None = None
 
     @property
     def seeds(self) -> int:
@@ -443,25 +491,43 @@ def _reindexed(m: Matches, ids: tuple[str, ...] | None) -> Matches | None:
     if len(pos) != len(ids) or sorted(m.image_ids) != sorted(ids):
         return None
     new = np.array([pos[k] for k in m.image_ids], dtype=np.int32)
-    return Matches(
-        new[m.image], m.conf, m.cls, m.tp, new[m.target_image], m.target_cls, m.n_images, m.iou_thresholds, m.names,
-        ids, m.ap_tail,
-    )  # fmt: skip
+    return dataclasses.replace(m, image=new[m.image], target_image=new[m.target_image], image_ids=ids)
 
 
 def _bootstrap(
     bases: Sequence[Matches], variants: Sequence[Matches], resamples: int, ci: float, seed: int
 ) -> PairedBootstrap | str:
-    """The paired bootstrap of the runs on the first baseline's image numbering, or why they can not be paired."""
+    """The paired bootstrap of the runs on the first baseline's image numbering (with the size strata when every file
+    has box areas), or why they can not be paired."""
     ids = bases[0].image_ids
     b = [_reindexed(m, ids) for m in bases]
     v = [_reindexed(m, ids) for m in variants]
     if any(x is None for x in b + v):
         return "the runs validated different images"
     try:
-        return paired_bootstrap(b, v, n_resamples=resamples, seed=seed, ci=ci)
+        return paired_bootstrap(b, v, n_resamples=resamples, seed=seed, ci=ci, strata=True)
     except ValueError as e:  # other targets, thresholds or AP conventions: not the same validation
         return str(e)
+
+
+def stratum_scores(matches: Matches) -> dict[str, float] | None:
+    """AP50-95 per COCO size stratum that has targets (:func:`yolo_attn.stats.map_scores` with ``stratum=``), or
+    None when the file has no box areas (format 1).
+
+    Examples:
+        >>> from yolo_attn.stats import synthetic_validation
+        >>> m = synthetic_validation(30, 3, skills=(0.0,), seed=0)[0]
+        >>> sorted(stratum_scores(m)) == ["large", "medium", "small"]
+        True
+    """
+    if not matches.has_areas:
+        return None
+    out = {}
+    for name in STRATA:
+        s = map_scores(matches, stratum=name)
+        if len(s.classes):
+            out[name] = s.map50_95
+    return out
 
 
 def compare(
@@ -470,13 +536,17 @@ def compare(
     resamples: int = 2000,
     ci: float = 0.95,
     seed: int = 0,
+    margin: float | None = None,
 ) -> list[ConfigSummary]:
     """The summaries with their statistics: each variant against the baselines of the same seeds.
 
     Per variant configuration: the paired bootstrap over images of all its same-seed pairs (each run also against its
     own baseline, :attr:`RunView.bootstrap`), per metric (:data:`METRICS`) the t-interval over seeds (from 3 seeds)
     and the verdict (:func:`yolo_attn.stats.verdict`, when the images could be compared), or why the image interval
-    is unavailable. Baselines are returned as they are.
+    is unavailable. When every run's per-image file carries box areas, the same per COCO size stratum
+    (:class:`StratumSummary`: the bootstrap's stratum interval, and a seed interval of the per-seed differences of the
+    runs' own stratum AP50-95). Every run gets its stratum AP50-95 (:attr:`RunView.strata`); baselines are otherwise
+    returned as they are (the same objects when their runs have no strata).
 
     Args:
         summary: Summaries of :func:`summarize`.
@@ -484,11 +554,39 @@ def compare(
         resamples: Bootstrap replicates.
         ci: Confidence level of every interval.
         seed: Seed of the bootstrap resampling.
+        margin: Equivalence margin of the verdicts (a difference of the metric, e.g. 0.005 mAP50-95), None: none.
     """
-    return [c if c.baseline else _compared(c, matches, resamples, ci, seed) for c in summary]
+    if margin is not None and not (math.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin must be a positive number (a difference of mAP, e.g. 0.005), got {margin}")
+    strata = {k: stratum_scores(m) for k, m in matches.items()}
+    out = []
+    for c in summary:
+        if c.baseline:  # as it is, unless its runs have stratum APs to hold
+            if any(strata.get(v.key) is not None for v in c.runs):
+                c = dataclasses.replace(c, runs=tuple(dataclasses.replace(v, strata=strata.get(v.key)) for v in c.runs))
+            out.append(c)
+            continue
+        runs = tuple(dataclasses.replace(v, strata=strata.get(v.key)) for v in c.runs)
+        out.append(
+            _compared(dataclasses.replace(c, runs=runs, margin=margin), matches, strata, resamples, ci, seed, margin)
+        )
+    return out
 
 
-def _compared(c: ConfigSummary, matches: Mapping[str, Matches], resamples: int, ci: float, seed: int) -> ConfigSummary:
+def _n_seeds(s_iv: SeedInterval | None, n: int) -> int:
+    """What :func:`yolo_attn.stats.verdict` is told: the seeds behind a seed interval, else fewer than 3."""
+    return n if s_iv is not None else min(n, 2) or 1
+
+
+def _compared(
+    c: ConfigSummary,
+    matches: Mapping[str, Matches],
+    strata: Mapping[str, Mapping[str, float] | None],
+    resamples: int,
+    ci: float,
+    seed: int,
+    margin: float | None,
+) -> ConfigSummary:
     pairs = [v for v in c.runs if v.baseline is not None]
     if not pairs:
         return dataclasses.replace(c, pairs=0, unavailable=NO_BASELINE)
@@ -515,5 +613,29 @@ def _compared(c: ConfigSummary, matches: Mapping[str, Matches], resamples: int, 
     verdicts = {}
     for m in METRICS:
         s_iv, n = seeds.get(m), len(c.delta[m].values)
-        verdicts[m] = _verdict(getattr(boot, m).interval, s_iv, n_seeds=n if s_iv is not None else min(n, 2) or 1)
-    return dataclasses.replace(c, runs=runs, pairs=len(pairs), bootstrap=boot, seed_intervals=seeds, verdicts=verdicts)
+        verdicts[m] = _verdict(getattr(boot, m).interval, s_iv, n_seeds=_n_seeds(s_iv, n), margin=margin)
+    by_size = tuple(_stratum(s, pairs, strata, ci, margin) for s in boot.strata)
+    return dataclasses.replace(
+        c, runs=runs, pairs=len(pairs), bootstrap=boot, seed_intervals=seeds, verdicts=verdicts, strata=by_size
+    )
+
+
+def _stratum(
+    s: StratumComparison,
+    pairs: Sequence[RunView],
+    strata: Mapping[str, Mapping[str, float] | None],
+    ci: float,
+    margin: float | None,
+) -> StratumSummary:
+    """One stratum: the bootstrap's image interval, and the seed interval of the same-seed differences of the runs'
+    own stratum AP50-95 (paired by seed like the overall metric)."""
+    diffs = []
+    for v in pairs:
+        mine, theirs = strata.get(v.key) or {}, strata.get(v.baseline.key) or {}
+        if s.name in mine and s.name in theirs:
+            diffs.append(mine[s.name] - theirs[s.name])
+    spread = Spread.of(diffs)
+    s_iv = _seed_interval(spread.values, ci) if len(spread.values) >= 3 else None
+    n = len(spread.values)
+    v = _verdict(s.map50_95.interval, s_iv, n_seeds=_n_seeds(s_iv, n), margin=margin)
+    return StratumSummary(s.name, s, spread, s_iv, v)

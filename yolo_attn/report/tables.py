@@ -24,13 +24,17 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from yolo_attn.markdown import table
-from yolo_attn.report.summary import METRICS, ConfigSummary, RunView, Spread, finite, start_label
+from yolo_attn.report.summary import METRICS, ConfigSummary, RunView, Spread, StratumSummary, finite, start_label
+from yolo_attn.report.utilisation import BlockUseSummary, block_uses, use_line
+from yolo_attn.stats import STRATA
 
 __all__ = [
     "Column",
     "class_table",
     "combined_table",
     "latex",
+    "strata_table",
+    "use_table",
     "pm",
     "render",
     "results_row",
@@ -77,12 +81,26 @@ def _params_m(c: ConfigSummary, nd: int) -> str:
     return fmt(c.params.mean / 1e6 if c.params.mean is not None else None, nd)
 
 
+def equivalence_text(v: Any) -> str | None:
+    """With a margin: ``equivalent within ±0.005``, ``not worse than −0.005`` or ``not shown equivalent within
+    ±0.005``; None without one."""
+    if v is None or v.margin is None:
+        return None
+    return v.equivalence_text or f"not shown equivalent within ±{v.margin:g}"
+
+
 def verdict_text(c: ConfigSummary, metric: str, note: bool = True) -> str:
-    """The verdict (with its note), ``—`` for a baseline, or why there is none."""
-    v = c.verdicts.get(metric)
+    """The verdict (with its note, and the equivalence call when a margin was given), ``—`` for a baseline, or why
+    there is none."""
+    return _verdict_cell(c.verdicts.get(metric), c, note)
+
+
+def _verdict_cell(v: Any, c: ConfigSummary, note: bool = True) -> str:
     if v is None:
         return "—" if c.baseline else f"- ({c.unavailable or 'no interval'})"
-    return f"{v.label} ({v.note})" if note and v.note else v.label
+    text = f"{v.label} ({v.note})" if note and v.note else v.label
+    eq = equivalence_text(v)
+    return f"{text}; {eq}" if eq else text
 
 
 # --------------------------------------------------------------------------------------------------- markdown
@@ -150,11 +168,68 @@ VERDICT_COLUMNS: list[Column[tuple[ConfigSummary, str]]] = [
     Column("detectable", lambda x: _detectable(*x)),
     Column("limited by", lambda x: x[0].limited_by(x[1]) or "-", "l"),
     Column("verdict", lambda x: verdict_text(*x), "l"),
+    # where the block's residual branch stood after training (RunRecord.utilisation), once per configuration
+    Column(
+        "block use (branch / input)",
+        lambda x: (use_line(x[0].runs) or "-") if x[1] == next(iter(METRICS)) else "″",
+        "l",
+    ),
 ]
 
 
 def verdict_table(summary: Sequence[ConfigSummary]) -> str:
     return render(VERDICT_COLUMNS, [(c, m) for c in summary if not c.baseline for m in METRICS])
+
+
+#: The size strata table: one row per variant configuration and COCO size stratum (:class:`StratumSummary`).
+STRATUM_COLUMNS: list[Column[tuple[ConfigSummary, StratumSummary]]] = [
+    Column("config", lambda x: x[0].config, "l"),
+    Column("objects", lambda x: x[1].name, "l"),
+    Column("targets", lambda x: x[1].n_targets),
+    Column("baseline AP50-95", lambda x: fmt(x[1].comparison.map50_95.base)),
+    Column("variant AP50-95", lambda x: fmt(x[1].comparison.map50_95.variant)),
+    Column("Δ", lambda x: f"{x[1].comparison.map50_95.delta:+.4f}"),
+    Column("95% CI (images)", lambda x: interval(x[1].image_interval)),
+    Column("95% CI (seeds)", lambda x: interval(x[1].seed_interval)),
+    Column("verdict", lambda x: _verdict_cell(x[1].verdict, x[0]), "l"),
+]
+
+
+def strata_table(summary: Sequence[ConfigSummary]) -> str | None:
+    """AP50-95 per COCO size stratum of every variant with strata (None when none has them)."""
+    rows = [(c, s) for c in summary if not c.baseline for s in c.strata]
+    return render(STRATUM_COLUMNS, rows) if rows else None
+
+
+def _pct(s: Spread, std: bool = True) -> str:
+    """A ratio's spread in percent (``2.1% ± 0.3%``)."""
+    if s.mean is None:
+        return "-"
+    return f"{100 * s.mean:.1f}%" + (f" ± {100 * s.std:.1f}%" if std and s.std is not None else "")
+
+
+def _gates(u: BlockUseSummary) -> str:
+    return ", ".join(f"{k} {pm(v, 3)}" for k, v in u.gates.items() if v.mean is not None) or "-"
+
+
+#: The utilisation table: one row per configuration and block row (:class:`BlockUseSummary`).
+USE_COLUMNS: list[Column[tuple[ConfigSummary, BlockUseSummary]]] = [
+    Column("config", lambda x: x[0].config, "l"),
+    Column("block", lambda x: x[1].block, "l"),
+    Column("row", lambda x: "-" if x[1].row is None else x[1].row),
+    Column("level", lambda x: "-" if x[1].level is None else f"P{x[1].level}", "l"),
+    Column("seeds", lambda x: x[1].seeds),
+    Column("branch / input (mean ± sd over seeds)", lambda x: _pct(x[1].ratio)),
+    Column("sd over images", lambda x: _pct(x[1].image_sd, std=False)),
+    Column("images", lambda x: x[1].n_images),
+    Column("gates (mean ± sd over seeds)", lambda x: _gates(x[1]), "l"),
+]
+
+
+def use_table(summary: Sequence[ConfigSummary]) -> str | None:
+    """Per configuration and block row: how much the block's branch contributes, and its gates (None: no records)."""
+    rows = [(c, u) for c in summary for u in block_uses(c.runs)]
+    return render(USE_COLUMNS, rows) if rows else None
 
 
 #: The per-class table: one row per configuration and class (:class:`yolo_attn.stats.ClassComparison`).
@@ -226,7 +301,12 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
 
 
 def _tex(s: Any) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in str(s)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+    return (
+        "".join(_TEX.get(ch, ch) for ch in str(s))
+        .replace("±", r"$\pm$")
+        .replace("Δ", r"$\Delta$")
+        .replace("\u2212", "$-$")
+    )
 
 
 def _tex_row(c: ConfigSummary) -> str:
@@ -237,7 +317,8 @@ def _tex_row(c: ConfigSummary) -> str:
         i = c.image_interval("map50_95")
         iv = f"$[{i.low:+.4f}, {i.high:+.4f}]$" if i is not None else "--"
         v = c.verdicts.get("map50_95")
-        iv += f" ({_tex(v.label if v is not None else 'n/a')})"
+        eq = equivalence_text(v)
+        iv += f" ({_tex(v.label if v is not None else 'n/a')}{_tex('; ' + eq) if eq else ''})"
     return (
         f"{_tex(c.config)} & {c.seeds} & {_tex(pm(c.map50_95))} & {delta} & {iv} & {_params_m(c, 2)} & "
         f"{_tex(gflops(c.gflops.mean))} \\\\"
@@ -264,7 +345,39 @@ def latex(sections: Sequence[tuple[str, str | None, Sequence[ConfigSummary]]]) -
             r"\end{table}",
             "",
         ]
+        out += _tex_strata(caption, summary)
     return "\n".join(out)
+
+
+def _tex_strata(caption: str, summary: Sequence[ConfigSummary]) -> list[str]:
+    """The group's size strata as a booktabs table (nothing when no variant has strata)."""
+    rows = []
+    for c in summary:
+        for s in c.strata if not c.baseline else ():
+            m, iv, si = s.comparison.map50_95, s.image_interval, s.seed_interval
+            seeds = f"$[{si.low:+.4f}, {si.high:+.4f}]$" if si is not None else "--"
+            rows.append(
+                f"{_tex(c.config)} & {s.name} & {s.n_targets} & {m.base:.4f} & {m.variant:.4f} & ${m.delta:+.4f}$ & "
+                f"$[{iv.low:+.4f}, {iv.high:+.4f}]$ & {seeds} & {_tex(_verdict_cell(s.verdict, c))} \\\\"
+            )
+    if not rows:
+        return []
+    return [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{llrrrrlll}",
+        r"\toprule",
+        r"Model & Objects & Targets & Base AP & Variant AP & $\Delta$ & 95\% CI (images) & 95\% CI (seeds) & Verdict \\",
+        r"\midrule",
+        *rows,
+        r"\bottomrule",
+        r"\end{tabular}",
+        f"\\caption{{{_tex(caption)}, by object size (COCO areas below $32^2$, $32^2$ to $96^2$, from $96^2$ "
+        r"original pixels): AP50-95 of baseline and variant, the change with its intervals over images and seeds, "
+        r"and the verdict.}",
+        r"\end{table}",
+        "",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------- csv
@@ -278,7 +391,7 @@ RESULTS_FIRST = [
     "wall_s", "device", "data", "train", "pretrained", "error", "started", "finished",
 ]  # fmt: skip
 #: Record fields too large or nested for a CSV cell.
-RESULTS_SKIP = {"traceback", "versions", "gflops_by_op", "validation", "transfer", "artifacts"}
+RESULTS_SKIP = {"traceback", "versions", "gflops_by_op", "validation", "transfer", "artifacts", "utilisation"}
 
 
 def results_row(run: RunView, config: ConfigSummary | None) -> dict[str, Any]:
@@ -294,6 +407,8 @@ def results_row(run: RunView, config: ConfigSummary | None) -> dict[str, Any]:
             v = config.verdicts.get(m)
             added[f"verdict_{m}"] = v.label if v is not None else None
         added["config"] = config.config
+    for name, ap in (run.strata or {}).items():  # the run's own AP50-95 per COCO size stratum
+        added[f"ap50_95_{name}"] = ap
     row = run.record.flat()
     row.update({k: v for k, v in added.items() if v is not None})
     return row
@@ -340,7 +455,7 @@ def _summary_columns() -> list[tuple[str, Callable[[str, ConfigSummary], Any]]]:
             (f"verdict_{m}", lambda _, c, v=verdict: v(c).label if v(c) is not None else None),
             (f"verdict_{m}_note", lambda _, c, v=verdict: v(c).note if v(c) is not None else None),
         ]
-    return cols + [
+    cols += [
         ("intervals", lambda _, c: c.unavailable),
         ("params", lambda _, c: c.params.mean),
         ("gflops", lambda _, c: c.gflops.mean),
@@ -349,7 +464,27 @@ def _summary_columns() -> list[tuple[str, Callable[[str, ConfigSummary], Any]]]:
         ("latency_ms_b1", lambda _, c: c.latency_ms_b1.mean),
         ("data", lambda _, c: c.data),
         ("train", lambda _, c: c.train),
+        ("margin", lambda _, c: c.margin),
     ]
+    cols += [(f"equivalence_{m}", lambda _, c, m=m: equivalence_text(c.verdicts.get(m))) for m in METRICS]
+    for name in STRATA:  # per COCO size stratum: the AP50-95 of both sides, the change, both intervals, the verdict
+
+        def get(c: ConfigSummary, name: str = name) -> StratumSummary | None:
+            return next((s for s in c.strata if s.name == name), None)
+
+        cols += [
+            (f"n_targets_{name}", lambda _, c, g=get: g(c).n_targets if g(c) else None),
+            (f"ap_{name}_base", lambda _, c, g=get: g(c).comparison.map50_95.base if g(c) else None),
+            (f"ap_{name}", lambda _, c, g=get: g(c).comparison.map50_95.variant if g(c) else None),
+            (f"d_ap_{name}", lambda _, c, g=get: g(c).comparison.map50_95.delta if g(c) else None),
+            (f"d_ap_{name}_low", lambda _, c, g=get: g(c).image_interval.low if g(c) else None),
+            (f"d_ap_{name}_high", lambda _, c, g=get: g(c).image_interval.high if g(c) else None),
+            (f"d_ap_{name}_seed_low", lambda _, c, g=get: _low(g(c).seed_interval) if g(c) else None),
+            (f"d_ap_{name}_seed_high", lambda _, c, g=get: _high(g(c).seed_interval) if g(c) else None),
+            (f"verdict_ap_{name}", lambda _, c, g=get: g(c).verdict.label if g(c) else None),
+            (f"equivalence_ap_{name}", lambda _, c, g=get: equivalence_text(g(c).verdict) if g(c) else None),
+        ]
+    return cols + [("utilisation", lambda _, c: use_line(c.runs) or None)]
 
 
 #: ``summary.csv``: one row per configuration and dataset.

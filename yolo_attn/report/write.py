@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from yolo_attn.report import tables
+from yolo_attn.report.explained import ExplainFigures, explain_figures
 from yolo_attn.report.plots import plot_cost, plot_delta_by_position, plot_map_vs_gflops
 from yolo_attn.report.summary import (
     ConfigSummary,
@@ -33,7 +34,7 @@ from yolo_attn.report.summary import (
 )
 from yolo_attn.store import ResultStore, RunRecord
 
-__all__ = ["GROUP_SECTIONS", "SETTINGS", "TAIL_SECTIONS", "Report", "write_report"]
+__all__ = ["GROUP_SECTIONS", "REPORT_GROUP_SECTIONS", "SETTINGS", "TAIL_SECTIONS", "Report", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Report:
         with_matches: Keys of the runs that have per-image matches.
         resamples: Bootstrap replicates.
         ci: Confidence level.
+        margin: Equivalence margin of the verdicts (None: no equivalence call).
+        figures: (group, config) -> the variant's explain figures or why there are none.
+        search: The search's outcome (``<store folder>/search.json``, :class:`yolo_attn.search.SearchOutcome`), if any.
     """
 
     path: Path
@@ -61,6 +65,9 @@ class Report:
     with_matches: frozenset
     resamples: int
     ci: float
+    margin: float | None = None
+    figures: Mapping[tuple[str, str], ExplainFigures] = field(default_factory=dict)
+    search: Any = None
 
     @property
     def names(self) -> dict[str, str]:
@@ -156,10 +163,27 @@ def _measurement_lines(rep: Report) -> list[str]:
     return lines
 
 
+def _verdict_legend(rep: Report) -> list[str]:
+    m = f"±{rep.margin:g}" if rep.margin is not None else "±M"
+    low = f"\u2212{rep.margin:g}" if rep.margin is not None else "\u2212M"
+    given = "" if rep.margin is not None else " (with `--margin M`; not asked for here)"
+    return [
+        "- verdicts:",
+        "  - **better** / **worse**: the image interval and (from 3 seeds) the seed interval both exclude zero on that "
+        "side",
+        "  - **no detectable difference**: not both; the change may exist but is below what this sweep resolves "
+        '(see "detectable")',
+        f"  - **equivalent within {m}**{given}: both intervals lie inside [{low}, +{m[1:]}]: any change is smaller "
+        "than the margin",
+        f"  - **not worse than {low}**{given}: both intervals lie above {low}, not both inside the margin",
+    ]
+
+
 #: The bullet list under the title, in order.
 SETTINGS: list[Callable[[Report], list[str]]] = [
     _setup_lines,
     _statistics_line,
+    _verdict_legend,
     _attention_in_baselines,
     _measurement_lines,
 ]
@@ -188,8 +212,73 @@ def _class_section(group: Sequence[ConfigSummary]) -> list[str]:
     ]
 
 
+def _strata_section(group: Sequence[ConfigSummary]) -> list[str]:
+    st = tables.strata_table(group)
+    lacking = [f"`{v.record.name}` (seed {v.record.seed})" for c in group for v in c.runs if v.strata is None]
+    md = []
+    if st:
+        md += [
+            "By object size (COCO areas, original pixels: small below 32², medium 32² to 96², large from 96²; boxes "
+            "of resized validation images are scaled back to the original image). AP50-95 per stratum, its change "
+            "with the image interval (paired bootstrap, same resamples as the overall metric) and the seed interval "
+            "of the per-seed changes; not corrected for the three strata:",
+            "",
+            st,
+            "",
+        ]
+    if lacking and (st or all(c.unavailable != "no per-image file" for c in group if not c.baseline)):
+        md += [
+            f"Size strata unavailable for {len(lacking)} run{'s' * (len(lacking) > 1)}: their per-image files carry "
+            "no box areas (format 1, written before yolo_attn.matches/2) or are missing: " + ", ".join(lacking) + ".",
+            "",
+        ]
+    return md
+
+
+def _use_section(group: Sequence[ConfigSummary]) -> list[str]:
+    ut = tables.use_table(group)
+    if not ut:
+        return []
+    return [
+        "Block use after training (`RunRecord.utilisation`, on the first validation images): the norm of each "
+        "block's residual branch as a share of its input's (near 0%: the block stayed the identity and was not used), "
+        "and its learned gates:",
+        "",
+        ut,
+        "",
+    ]
+
+
 #: What follows a comparison group's summary table when the group has variants, in order.
-GROUP_SECTIONS: list[Callable[[Sequence[ConfigSummary]], list[str]]] = [_verdict_section, _class_section]
+GROUP_SECTIONS: list[Callable[[Sequence[ConfigSummary]], list[str]]] = [
+    _verdict_section,
+    _strata_section,
+    _use_section,
+    _class_section,
+]
+
+
+def _explain_section(rep: Report, group: Sequence[ConfigSummary]) -> list[str]:
+    figs = [rep.figures[(c.group, c.config)] for c in group if (c.group, c.config) in rep.figures]
+    if not figs:
+        return []
+    md = [
+        "What the blocks look at (`yolo-attn explain`): per variant, the baseline (top row) and the variant (bottom) "
+        "of the same seed on the same validation images: detections, EigenCAM, and each block's attention at the "
+        "detections (DAT: its sampling points).",
+        "",
+    ]
+    for f in figs:
+        if f.note:
+            md += [f"- `{f.config}`: no figures, {f.note}.", ""]
+            continue
+        md += [f"`{f.config}` (seed {f.seed}):", ""]
+        md += [f"![{f.config}: {p.stem}]({p.relative_to(p.parents[2]).as_posix()})" for p in f.paths] + [""]
+    return md
+
+
+#: Like :data:`GROUP_SECTIONS`, for sections that read the whole report too (files it wrote: the explain figures).
+REPORT_GROUP_SECTIONS: list[Callable[[Report, Sequence[ConfigSummary]], list[str]]] = [_explain_section]
 
 
 # --------------------------------------------------------------------------------------------------- tail
@@ -235,9 +324,18 @@ def _measurement_section(rep: Report) -> list[str]:
     return ["## Measurement problems", ""] + [f"- `{r.name}` (seed {r.seed}): {r.measure_error or r.fuse_error}" for r in odd] + [""]  # fmt: skip
 
 
+def _search_section(rep: Report) -> list[str]:
+    if rep.search is None:
+        return []
+    from yolo_attn.search import search_markdown
+
+    return search_markdown(rep.search)
+
+
 #: What follows the datasets' sections, in order.
 TAIL_SECTIONS: list[Callable[[Report], list[str]]] = [
     _combined_section,
+    _search_section,
     _runs_section,
     _intervals_section,
     _failed_section,
@@ -297,6 +395,8 @@ def _dataset_section(
         if any(not c.baseline for c in in_group):
             for section in GROUP_SECTIONS:
                 md += section(in_group)
+            for rsection in REPORT_GROUP_SECTIONS:
+                md += rsection(rep, in_group)
     compared = {c.group for c in summary if not c.baseline}
     with_variants = [c for c in summary if c.group in compared] or list(summary)
     tag = f"-{_slug(label)}" if several else ""
@@ -320,6 +420,8 @@ def write_report(
     resamples: int = 2000,
     ci: float = 0.95,
     seed: int = 0,
+    margin: float | None = None,
+    explain_images: int = 4,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``results.csv``, ``summary.csv``, ``summary.tex`` and the PNG plots; return their paths.
 
@@ -330,10 +432,14 @@ def write_report(
         resamples: Bootstrap replicates per comparison.
         ci: Confidence level of the intervals and verdicts.
         seed: Seed of the bootstrap resampling (same seed, same intervals).
+        margin: Equivalence margin (e.g. 0.005 mAP50-95): verdicts also say "equivalent within ±margin" or "not
+            worse than −margin" when both intervals allow it (None: no equivalence call).
+        explain_images: Validation images of the explain figure drawn per variant beside its baseline (0: none).
 
     Returns:
         ``markdown``, ``csv``, ``summary_csv``, ``latex`` (paths), ``plots`` (paths), ``summary`` (the
-        :class:`~yolo_attn.report.summary.ConfigSummary` of every configuration with its statistics, all datasets).
+        :class:`~yolo_attn.report.summary.ConfigSummary` of every configuration with its statistics, all datasets),
+        ``explain`` (paths of the explain figures).
     """
     path = ResultStore(store).path
     records = load_records(path)
@@ -341,7 +447,7 @@ def write_report(
     out = Path(out) if out else path.parent / "report"
     out.mkdir(parents=True, exist_ok=True)
     views = run_views(records)
-    summary = compare(summarize(views), matches, resamples=resamples, ci=ci, seed=seed)
+    summary = compare(summarize(views), matches, resamples=resamples, ci=ci, seed=seed, margin=margin)
     owner = {v.key: c for c in summary for v in c.runs}
     compared = {v.key: v for c in summary for v in c.runs}
     runs = [compared.get(v.key, v) for v in views]  # with their image intervals, failed runs too
@@ -360,6 +466,9 @@ def write_report(
         with_matches=frozenset(matches),
         resamples=resamples,
         ci=ci,
+        margin=margin,
+        figures=explain_figures(summary, path.parent, out, explain_images),
+        search=_search(path.parent),
     )
 
     body: list[str] = []
@@ -396,4 +505,14 @@ def write_report(
         "latex": tex_path,
         "plots": plots,
         "summary": summary,
+        "explain": [p for f in rep.figures.values() for p in f.paths],
     }
+
+
+def _search(folder: Path) -> Any:
+    """The search's outcome when the store holds one (``search.json``), else None."""
+    if not (folder / "search.json").is_file():
+        return None
+    from yolo_attn.search import SearchOutcome  # plan, edit...: only for stores a search wrote
+
+    return SearchOutcome.load(folder)
