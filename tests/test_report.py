@@ -322,7 +322,7 @@ RESULTS_COLUMNS = (
     "key,name,status,baseline,base,block,family,position,args,seed,map50,map50_95,precision,recall,d_map50_95,"
     "d_map50_95_low,d_map50_95_high,d_map50,d_map50_low,d_map50_high,verdict_map50_95,verdict_map50,params,gflops,"
     "gflops_ultralytics,gflops_imgsz,latency_ms_b1,peak_mb_b1,bench_batch,bench_imgsz,bench_device,imgsz,epochs,"
-    "train_s,wall_s,device,data,train,pretrained,error,started,finished,model,inserted,pretrained_run,pid,cpu_s,"
+    "train_s,wall_s,device,data,train,pretrained,error,started,finished,model,inserted,pretrained_run,eval_split,pid,cpu_s,"
     "model_yaml,save_dir,weights,log,fitness,measure_error,fuse_error,latency_ms_b8,peak_mb_b8,baseline_key,"
     "d_gflops,d_params,d_latency_ms_b1,config"
 )
@@ -551,3 +551,20 @@ def test_search_section_when_the_store_has_a_search(store):
     md = write_report(store)["markdown"].read_text()
     assert "## Search: where does a block help?" in md and "worse: below 0" in md
     assert md.index("## Search") < md.index("## Per run")
+
+
+def test_runs_scored_on_another_split_are_compared_apart_and_named(tmp_path):
+    """--eval-split: a variant scored on test is never paired with a baseline scored on val; the report names the split."""
+    s = ResultStore(tmp_path / STORE_NAME)
+    for seed in (0, 1):
+        s.append(_rec("yolov8n", seed, 0.30, 8.7, 8.7, baseline=True))  # scored on val
+        s.append(_rec("yolov8n", seed, 0.20, 8.7, 8.7, baseline=True, key=f"t-b{seed}", eval_split="test"))
+        s.append(
+            _rec("yolov8n-bot-neck", seed, 0.25, 9.5, 9.0, "BoT", "bot", "neck", key=f"t-v{seed}", eval_split="test")
+        )
+    summary = summarize(load_records(tmp_path))
+    bot = next(c for c in summary if c.family == "bot")
+    assert bot.delta["map50_95"].mean == pytest.approx(0.05)  # against the test baseline (0.20), not val's 0.30
+    text = write_report(tmp_path, explain_images=0)["markdown"].read_text()
+    assert "final validation on `test` / `val`" in text
+    assert "scored on test" in text

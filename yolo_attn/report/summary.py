@@ -351,8 +351,9 @@ def start(r: RunRecord) -> str | None:
 
 
 def group(r: RunRecord) -> str:
-    """Runs that are comparable: same data, training overrides and starting weights."""
-    return json.dumps([r.data, r.train, start(r)], sort_keys=True, default=str)
+    """Runs that are comparable: same data, training overrides, starting weights and evaluation split (a variant
+    scored on ``test`` is never paired with a baseline scored on ``val``)."""
+    return json.dumps([r.data, r.train, start(r), r.eval_split], sort_keys=True, default=str)
 
 
 def start_label(start: str | None, names: Mapping[str, str] | None = None) -> str:

@@ -99,6 +99,21 @@ def _setup_lines(rep: Report) -> list[str]:
     ]
 
 
+def _split_line(rep: Report) -> list[str]:
+    """Which split every number comes from (``--eval-split``)."""
+    splits = sorted({r.eval_split for r in rep.records})
+    if splits == ["val"]:
+        return [
+            "- evaluation split: every mAP, per-image match, interval and verdict comes from each run's final "
+            "validation on `val`, the split `best.pt` was chosen on (`--eval-split test` scores a held-out split)"
+        ]
+    return [
+        f"- evaluation split: every mAP, per-image match, interval and verdict comes from each run's final validation "
+        f"on {' / '.join(f'`{s}`' for s in splits)} (each group's heading names its split); training and the choice "
+        "of `best.pt` used `val`"
+    ]
+
+
 def _statistics_line(rep: Report) -> list[str]:
     return [
         f"- statistics: {rep.ci:.0%} intervals of the change against the baseline of the same seed, data and starting "
@@ -182,6 +197,7 @@ def _verdict_legend(rep: Report) -> list[str]:
 #: The bullet list under the title, in order.
 SETTINGS: list[Callable[[Report], list[str]]] = [
     _setup_lines,
+    _split_line,
     _statistics_line,
     _verdict_legend,
     _attention_in_baselines,
@@ -362,6 +378,8 @@ def _group_label(summary: Sequence[ConfigSummary], group: str, names: dict[str, 
     train = mine.train or {}
     differ = {k: v for k, v in train.items() if any(o.get(k) != v for o in others)}
     text = start_label(mine.start, names)
+    split = mine.runs[0].record.eval_split if mine.runs else "val"
+    text += f", scored on {split}" if split != "val" else ""
     return text + (", " + " ".join(f"{k}={v}" for k, v in differ.items()) if differ else "")
 
 
