@@ -460,7 +460,9 @@ def decide(candidates: Sequence[Candidate], max_kept: int) -> list[Candidate]:
     for i, c in enumerate(rest, 1):
         c.rank = i
         by = (
-            f"upper bound {c.high:+.4f}" if c.high is not None else f"change {_f(c.delta)} ({c.problem or 'no interval'})"
+            f"upper bound {c.high:+.4f}"
+            if c.high is not None
+            else f"change {_f(c.delta)} ({c.problem or 'no interval'})"
         )
         if i <= max_kept:
             c.decision, c.reason = "kept", f"rank {i}: {by}"
