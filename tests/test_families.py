@@ -21,7 +21,7 @@ from yolo_attn._compat import cfg_models_root, model_class_for
 from yolo_attn.edit import POSITIONS, EditError, make_variant
 
 YAMLS = sorted(cfg_models_root().rglob("*.yaml"), key=lambda p: p.name)
-FAMILIES = ("bot", "dat", "coat")
+FAMILIES = tuple(edit.families())  # the registry's: bot, dat, coat and the comparators psa, area (when available)
 IDS = [p.stem for p in YAMLS]
 
 

@@ -308,7 +308,9 @@ def resolve_block(block: str, position: str) -> registry.BlockSpec:
     fams = families()
     missing = registry.unavailable()
     if block in missing:
-        raise EditError(f"family {block!r} is unavailable here: it {missing[block]}; {_choices()}")
+        raise EditError(
+            f"family {block!r} is unavailable here: it {missing[block]}; families: {', '.join(sorted(fams))}"
+        )
     if block in fams:
         name = fams[block].get(want)
         if name is None:
