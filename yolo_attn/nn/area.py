@@ -15,7 +15,7 @@ What the wrappers add, and only that:
   at P5 (the YAML editor fills ``level`` per row).
 - Any input size: ``AAttn`` needs the token count ``H * W`` divisible by ``area`` (YOLO12 itself fails otherwise).
   Each call uses the largest ``a <= area`` that divides it, which is ``area`` for every size YOLO12 runs at (inputs
-  are multiples of 32) and fewer, longer segments on odd maps.
+  are multiples of 32) and fewer, longer segments on odd maps. Exported graphs use ``area`` as YOLO12's do.
 - Identity at insertion (:class:`AreaResidual`): ``y = x + gamma * A2C2f(x)``, ``gamma`` per channel and zero at
   initialisation: Ultralytics' module stays exactly as built and initialised, and this is A2C2f's own
   ``residual=True`` form (its gamma starts at 0.01) started at 0 (see :mod:`yolo_attn.nn.psa`).
@@ -38,6 +38,7 @@ from torch import nn
 
 from yolo_attn import _compat
 from yolo_attn._compat import Conv
+from yolo_attn.nn.attention import is_exporting
 from yolo_attn.nn.common import check_channels, check_int, check_number, fp16_safe, hidden_width
 from yolo_attn.registry import register_block
 
@@ -90,7 +91,8 @@ class _AreaBase(nn.Module):
         return f"area={self.area}"
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        a = area_for(x.shape[2] * x.shape[3], self.area)
+        # an exported graph cuts the map into `area` segments as YOLO12's does (sizes stay symbolic, no size loop)
+        a = self.area if is_exporting() else area_for(x.shape[2] * x.shape[3], self.area)
         for mod in self.m.modules():  # AAttn reads its area on every call
             if isinstance(mod, _compat.AAttn):
                 mod.area = a
