@@ -10,8 +10,8 @@ What the wrappers add, and only that:
 
 - Row semantics ``(c1, c2, n, e, num_heads, attn_ratio)``: a 1x1 ``Conv`` projects ``c1 -> c2`` first when they
   differ (``C2PSA`` asserts ``c1 == c2``); ``n`` PSA blocks; the attention runs on ``int(c2 * e)`` channels (C2PSA's
-  split); ``num_heads`` default ``None`` keeps Ultralytics' rule (one head per 64 channels), a number rebuilds the
-  blocks with Ultralytics' ``PSABlock`` at that head count.
+  split); ``num_heads`` default ``None`` is Ultralytics 8.4's rule (one head per 64 channels, at least one; 8.3.65
+  gives none below 64 channels and fails), a number sets it; the blocks are Ultralytics' ``PSABlock`` either way.
 - Identity at insertion (:class:`PSAResidual`): ``y = x + gamma * C2PSA(x)`` with a per-channel ``gamma`` that
   starts at zero. A zero-initialised scale of our own rather than zeroing the last BN of Ultralytics' branch: the
   module stays exactly as Ultralytics builds and initialises it (same parameters, same init, same state-dict keys
@@ -62,9 +62,10 @@ def _c2psa(block: str, c: int, n: int, e: float, num_heads: int | None, attn_rat
             f"{block}: key width int(head_dim * attn_ratio) = int({head_dim} * {attn_ratio}) = 0; use fewer heads, a "
             "larger attn_ratio or a larger e"
         )
-    m = _compat.C2PSA(c, c, n, e)
-    if num_heads is not None or attn_ratio != 0.5:  # C2PSA fixes both; its blocks are rebuilt from its own PSABlock
-        m.m = nn.Sequential(*(_compat.PSABlock(c_, attn_ratio=attn_ratio, num_heads=heads) for _ in range(n)))
+    # C2PSA fixes heads and attn_ratio (8.3.65: c_ // 64 heads, none below 64 channels), so it is built empty and
+    # given its n blocks, Ultralytics' PSABlock, with ours (default: 8.4's max(c_ // 64, 1) and 0.5, i.e. C2PSA's)
+    m = _compat.C2PSA(c, c, 0, e)
+    m.m = nn.Sequential(*(_compat.PSABlock(c_, attn_ratio=attn_ratio, num_heads=heads) for _ in range(n)))
     return m
 
 
