@@ -34,7 +34,15 @@ import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 from torch import nn  # noqa: E402
 
-from yolo_attn.bench import LEVEL_SHAPES, BenchCase, bench_table, format_table, resolve_device  # noqa: E402
+from yolo_attn import registry  # noqa: E402
+from yolo_attn.bench import (  # noqa: E402
+    LEVEL_SHAPES,
+    BenchCase,
+    _build,  # noqa: E402
+    bench_table,
+    format_table,
+    resolve_device,
+)
 from yolo_attn.nn import (  # noqa: E402
     ATTN_IMPLS,
     DAT3,
@@ -130,6 +138,10 @@ def cases(device: str | torch.device = "cpu") -> list[BenchCase]:
             label = _label(impl, device, shape, max(1, heads // 2), keys)
             make = partial(_with_impl, partial(DAT3, c, c, 1, 0.5, level), impl)
             add("dat", f"DAT3 {tag} {label}", make, shape)
+        # the comparators: Ultralytics' own attention (registry families with an origin), as a YAML row builds them
+        for sp in registry.specs():
+            if sp.family and sp.origin and level in sp.bench_levels:
+                add(sp.family, f"{sp.name} {tag}", partial(_build, sp, c, level, None), shape, "Ultralytics' module")
     return rows
 
 

@@ -14,19 +14,21 @@ import torch
 import yaml
 from torch import nn
 
-from yolo_attn import edit, integration, registry
+from yolo_attn import _compat, edit, integration, registry
 from yolo_attn.edit import POSITIONS, EditError, make_variant, save_variant, variant_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "cfg"
-GENERATED = re.compile(r"(yolov8|yolov11|yolo26)-([a-z]+)-(backbone|sppf_before|sppf_after|neck|head)\.yaml")
+GENERATED = re.compile(r"(yolov8|yolov11|yolo26|yolo12)-([a-z]+)-(backbone|sppf_before|sppf_after|neck|head)\.yaml")
 PACKAGED = {  # what the package's blocks register (the editor itself reads it from the registry)
     "bot": {"insert": "BoT", "csp": "BoT3"},
     "dat": {"insert": "DATBlock", "csp": "DAT3"},
     "coat": {"insert": "CoAt", "csp": "CoAt3"},
+    "psa": {"insert": "PSAResidual", "csp": "PSACSP"},  # comparators: Ultralytics' modules, wrapped
+    **({"area": {"insert": "AreaResidual", "csp": "AreaCSP"}} if _compat.provides("A2C2f", "AAttn") else {}),
 }
-BASES = {"yolov8.yaml": 23, "yolo11.yaml": 24, "yolo26.yaml": 24}  # rows of the stock YAMLs
-HERE = edit.available_bases(BASES)  # 8.3 ships no yolo26.yaml
+BASES = {"yolov8.yaml": 23, "yolo11.yaml": 24, "yolo26.yaml": 24, "yolo12.yaml": 22}  # rows of the stock YAMLs
+HERE = edit.available_bases(BASES)  # 8.3.65 ships no yolo26.yaml or yolo12.yaml
 FAM = "edtest"
 
 
@@ -137,10 +139,10 @@ def test_every_position_builds_and_remaps(standins, base):
     """All positions (neck levels too) build, add the right rows and keep every base edge."""
     base_rows = _rows(edit.load_base(base)[0])
     assert len(base_rows) == BASES[base]
+    sppf = [] if base == "yolo12.yaml" else ["sppf_before", "sppf_after"]  # YOLO12 has no SPPF
     assert edit.available_positions(base) == [
         "backbone",
-        "sppf_before",
-        "sppf_after",
+        *sppf,
         "neck",
         "neck_p3",
         "neck_p4",
@@ -149,7 +151,7 @@ def test_every_position_builds_and_remaps(standins, base):
     ]
     expect_inserted = {"backbone": 0, "sppf_before": 1, "sppf_after": 1, "neck": 3, "head": 3}
     for pos in edit.available_positions(base):
-        d = make_variant(base, standins, pos, validate=pos == "sppf_before")  # validate: full build + stride probe
+        d = make_variant(base, standins, pos, validate=pos == (sppf or ["neck"])[0])  # full build + stride probe
         assert _layers(d) == BASES[base] + len(d["yolo_attn"]["inserted"])
         rec = d["yolo_attn"]
         assert rec["base"] == base and rec["position"] == pos and rec["family"] == FAM
@@ -269,7 +271,7 @@ def test_bad_input_lists_the_choices(standins):
         make_variant("yolov8-cls.yaml", "dat", "head")
     with pytest.raises(EditError, match="head input at level p6.*valid: .*neck_p3, neck_p4, neck_p5"):
         make_variant("yolov8.yaml", "dat", "neck_p6")
-    with pytest.raises(EditError, match=r"'DATblok' is not registered.*did you mean DATBlock.*families: bot, coat"):
+    with pytest.raises(EditError, match=r"'DATblok' is not registered.*did you mean DATBlock.*families: .*bot, coat"):
         make_variant("yolov8.yaml", "DATblok", "neck")
     with pytest.raises(EditError, match="role 'layer'"):
         make_variant("yolov8.yaml", "EdLayer", "neck")
@@ -297,7 +299,8 @@ def _generated_files():
 
 def test_checked_in_cfgs_equal_the_generator(registered):
     files = _generated_files()
-    assert len(files) == len(BASES) * len(PACKAGED) * len(POSITIONS)  # yolo26 files too, whatever is installed
+    # yolo26, yolo12 and area files too, whatever is installed: 5 families; YOLO12 has no SPPF (3 positions)
+    assert len(files) == 5 * (3 * len(POSITIONS) + 3)
     assert edit.check_generated(CFG) == [], "run: yolo-attn generate"
 
 
@@ -305,7 +308,7 @@ def test_checked_in_cfgs_build(registered):
     """Every generated variant is constructed at scales n and s with the base's layer count plus the inserted blocks."""
     for p in _generated_files():
         d = yaml.safe_load(p.read_text())
-        if d["yolo_attn"]["base"] not in HERE:
+        if d["yolo_attn"]["base"] not in HERE or d["yolo_attn"]["family"] in registry.unavailable():
             continue
         want = BASES[d["yolo_attn"]["base"]] + len(d["yolo_attn"]["inserted"])
         assert _layers(d, "n") == want and _layers(d, "s") == want, p.name
@@ -319,7 +322,7 @@ def test_checked_in_cfgs_build_and_run(registered, scale):
 
     for p in _generated_files():
         d = yaml.safe_load(p.read_text())
-        if d["yolo_attn"]["base"] not in HERE:
+        if d["yolo_attn"]["base"] not in HERE or d["yolo_attn"]["family"] in registry.unavailable():
             continue
         m = DetectionModel({**d, "scale": scale, "yaml_file": p.name}, verbose=False)
         assert len(m.model) == BASES[d["yolo_attn"]["base"]] + len(d["yolo_attn"]["inserted"]), p.name

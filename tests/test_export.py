@@ -28,12 +28,17 @@ import torch
 from conftest import SHARED
 from helpers import export_onnx, skip_unless_ultralytics_onnx, ultralytics_at_least
 
+from yolo_attn import integration, registry
 from yolo_attn.export import GRID_SAMPLE_FORMATS, plan_export, prepared_for_export
 from yolo_attn.nn import DAT3, BoT3, CoAt3, DATBlock, DAttention, set_sampler
 from yolo_attn.nn import attention as attention_mod
 
 FAMILIES = ("bot", "dat", "coat")
-CFGS = [f"{base}n-{fam}.yaml" for base in ("yolov8", "yolov11") for fam in FAMILIES]
+# the comparators (Ultralytics' own attention, wrapped: psa, area) on yolov8n's neck, their residual scale moved off 0
+integration.register()
+COMPARATOR_INSERTS = {sp.cls for sp in registry.specs() if sp.origin and sp.role == "insert"}
+COMPARATOR_CFGS = [f"yolov8n-{f}-neck.yaml" for f in registry.families() if registry.family_origin(f)]
+CFGS = [f"{base}n-{fam}.yaml" for base in ("yolov8", "yolov11") for fam in FAMILIES] + COMPARATOR_CFGS
 IMGSZ = 64
 SECOND = (96, 128)  # a second input size for dynamic exports (H != W, not the export size)
 FP32 = {"rtol": 1e-4, "atol": 1e-4}
@@ -46,6 +51,9 @@ DEFAULT = {
     ("yolov11n-coat.yaml", "onnx"),
     ("yolov8n-coat.yaml", "openvino"),
     ("yolov11n-dat.yaml", "openvino-half"),
+    ("yolov8n-psa-neck.yaml", "openvino"),
+    ("yolov8n-area-neck.yaml", "onnx-dynamic"),  # 4 areas at P3 and P4, dynamic token counts
+    ("yolov8n-area-neck.yaml", "torchscript"),
 }
 FORMATS = ("onnx", "onnx-dynamic", "torchscript", "openvino", "openvino-half", "openvino-dynamic")
 
@@ -73,6 +81,10 @@ def _yolo(cfg: str):
     if cfg not in _MODELS:
         torch.manual_seed(0)
         _MODELS[cfg] = YOLO(cfg)
+        with torch.no_grad():  # inserted comparators start as the identity: let their attention reach the output
+            for m in _MODELS[cfg].model.modules():
+                if type(m) in COMPARATOR_INSERTS:
+                    m.gamma.fill_(0.5)
     return _MODELS[cfg]
 
 
@@ -151,7 +163,7 @@ def test_export_matches_pytorch(registered, cfg, fmt, tmp_path):
 
 # ------------------------------------------------------------------------------------------------- torch.export
 def _torch_export_case(cfg: str):
-    marks = () if cfg.startswith("yolov8") else (pytest.mark.slow,)
+    marks = () if cfg.startswith("yolov8") and cfg not in COMPARATOR_CFGS else (pytest.mark.slow,)
     return pytest.param(cfg, marks=marks, id=cfg.removesuffix(".yaml"))
 
 

@@ -568,3 +568,13 @@ def test_runs_scored_on_another_split_are_compared_apart_and_named(tmp_path):
     text = write_report(tmp_path, explain_images=0)["markdown"].read_text()
     assert "final validation on `test` / `val`" in text
     assert "scored on test" in text
+
+
+def test_a_comparator_family_is_named_with_where_its_module_comes_from(tmp_path):
+    s = ResultStore(tmp_path / STORE_NAME)
+    s.append(_rec("yolov8n", 0, 0.30, 8.7, 8.7, baseline=True))
+    s.append(_rec("yolov8n-psa-neck", 0, 0.31, 9.0, 9.0, "PSAResidual", "psa", "neck"))
+    text = write_report(tmp_path, explain_images=0)["markdown"].read_text()
+    line = next(x for x in text.splitlines() if x.startswith("- comparator `psa`"))
+    assert "Ultralytics" in line and "PSA" in line and "trained with Ultralytics y" in line  # the record's version
+    assert "comparator `bot`" not in text

@@ -50,12 +50,13 @@ def test_insert_puts_each_level_in_its_place(toy, tmp_path, capsys):
 
 def test_generate_writes_the_family(toy, tmp_path):
     assert main(["generate", "--out", str(tmp_path), "--families", "toy", "--no-validate"]) == 0
-    from yolo_attn.edit import available_bases, variant_name
+    from yolo_attn.edit import available_bases, available_positions, variant_name
 
     assert sorted(p.name for p in tmp_path.glob("*.yaml")) == sorted(
         f"{variant_name(b, 'toy', p)}.yaml"
-        for b in available_bases()  # yolov8, yolo11 and (Ultralytics 8.4) yolo26
+        for b in available_bases()  # yolov8, yolo11 and (Ultralytics 8.4) yolo26, yolo12
         for p in ("backbone", "sppf_before", "sppf_after", "neck", "head")
+        if p in available_positions(b)  # YOLO12 has no SPPF
     )
     assert main(["generate", "--out", str(tmp_path), "--no-validate"]) == 0  # default: every registered family
     assert {"yolov8-toy-neck.yaml", "yolov8-dat-neck.yaml"} <= {p.name for p in tmp_path.glob("*.yaml")}

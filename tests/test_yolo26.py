@@ -22,7 +22,7 @@ CFG = ROOT / "cfg"
 pytestmark = pytest.mark.skipif(
     not edit.available_bases(["yolo26.yaml"]), reason="this Ultralytics ships no yolo26.yaml (8.4 does)"
 )
-FAMILIES = ("bot", "dat", "coat")
+FAMILIES = tuple(edit.families(packaged=True))  # every family the packaged cfg/ holds, the comparators included
 GENERATED = [f"yolo26-{f}-{p}.yaml" for f in FAMILIES for p in POSITIONS]
 
 

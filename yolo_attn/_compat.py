@@ -82,7 +82,27 @@ _NAMES = {
     "yaml_model_load": "ultralytics.nn.tasks:yaml_model_load",
     "check_det_dataset": "ultralytics.data.utils:check_det_dataset",  # a data YAML -> its resolved split paths
     "IMG_FORMATS": "ultralytics.data.utils:IMG_FORMATS",  # image file suffixes Ultralytics reads
+    "C2PSA": "ultralytics.nn.modules.block:C2PSA",  # psa family: Ultralytics' own attention, wrapped (nn/psa.py)
+    "PSABlock": "ultralytics.nn.modules.block:PSABlock",
 }
+
+#: Names only newer Ultralytics has: name -> (``module:attribute``, first version with it). :func:`provides` tells
+#: whether they are here; :func:`check` does not count them missing (the family needing them is listed unavailable).
+OPTIONAL_NAMES = {
+    "A2C2f": ("ultralytics.nn.modules.block:A2C2f", "8.3.78"),  # area family: YOLO12's area attention (nn/area.py)
+    "AAttn": ("ultralytics.nn.modules.block:AAttn", "8.3.78"),
+}
+
+
+def provides(*names: str) -> bool:
+    """Whether the installed Ultralytics has every one of the :data:`OPTIONAL_NAMES` given."""
+    try:
+        for name in names:
+            _resolve(OPTIONAL_NAMES[name][0])
+    except ImportError:
+        return False
+    return True
+
 
 #: Ultralytics task -> model class in ``ultralytics.nn.tasks``.
 TASK_MODELS = {
@@ -140,7 +160,7 @@ def _resolve(target: str) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    target = _NAMES.get(name)
+    target = _NAMES.get(name) or OPTIONAL_NAMES.get(name, (None,))[0]
     if target is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = _resolve(target)

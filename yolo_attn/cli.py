@@ -327,9 +327,12 @@ def _cmd_info(a: argparse.Namespace) -> int:
     for sp in registry.specs():
         if sp.name.startswith("_"):
             continue
-        print(f"  {sp.name:12s} family={sp.family} role={sp.role} repeats={sp.repeats} ({sp.cls.__module__})")
+        where = f"; wraps {sp.origin}" if sp.origin else ""
+        print(f"  {sp.name:12s} family={sp.family} role={sp.role} repeats={sp.repeats} ({sp.cls.__module__}{where})")
     print(f"positions: {', '.join(POSITIONS)} (neck_p3/neck_p4/neck_p5 for one level)")
     print(f"families: {', '.join(fams)}")
+    for family, why in registry.unavailable().items():
+        print(f"unavailable: {family} ({why})")
     return 0
 
 

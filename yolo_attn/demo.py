@@ -83,10 +83,13 @@ DEMO_FINETUNE = {**DEMO_TRAIN, "lr0": 0.01}
 
 
 def demo_blocks() -> list[str]:
-    """The block families the demo compares: every registered one (the package's, and ``YOLO_ATTN_PLUGINS``')."""
+    """The block families the demo compares: every registered one (the package's, and ``YOLO_ATTN_PLUGINS``') except
+    the comparators built from Ultralytics' own modules (psa, area), which would add a third to the demo's time; the
+    README shows the ablation that compares them."""
+    from yolo_attn import registry
     from yolo_attn.edit import families
 
-    return sorted(families())
+    return sorted(f for f in families() if registry.family_origin(f) is None)
 
 
 def demo_data(out: str | os.PathLike, imgsz: int, n_train: int, n_val: int) -> str:

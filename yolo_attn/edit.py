@@ -75,8 +75,9 @@ __all__ = [
 ]
 
 POSITIONS = ("backbone", "sppf_before", "sppf_after", "neck", "head")
-#: The bases `yolo-attn generate` writes variants of (those the installed Ultralytics ships: 8.3 has no yolo26.yaml).
-BASES = ("yolov8.yaml", "yolo11.yaml", "yolo26.yaml")
+#: The bases `yolo-attn generate` writes variants of (those the installed Ultralytics ships: 8.3.65 has no yolo12.yaml
+#: or yolo26.yaml). YOLO12 has no SPPF: its variants are the positions it has (backbone, neck, head).
+BASES = ("yolov8.yaml", "yolo11.yaml", "yolo26.yaml", "yolo12.yaml")
 
 # Row modules treated as "CSP blocks" (the backbone position replaces the last one of these in the backbone); GELAN's
 # RepNCSPELAN4 / ELAN1 (YOLOv9) are CSP blocks too.
@@ -291,7 +292,10 @@ def families(packaged: bool = False) -> dict[str, dict[str, str]]:
 def _choices() -> str:
     fams = families()
     names = [sp.name for sp in registry.specs() if sp.role in ("insert", "csp")]
-    return f"families: {', '.join(sorted(fams))}; registered insert/csp blocks: {', '.join(sorted(names)) or 'none'}"
+    off = "".join(f" ({f} unavailable: {why})" for f, why in registry.unavailable().items())
+    return (
+        f"families: {', '.join(sorted(fams))}{off}; registered insert/csp blocks: {', '.join(sorted(names)) or 'none'}"
+    )
 
 
 def resolve_block(block: str, position: str) -> registry.BlockSpec:
@@ -302,6 +306,11 @@ def resolve_block(block: str, position: str) -> registry.BlockSpec:
     """
     want = "csp" if position == "backbone" else "insert"
     fams = families()
+    missing = registry.unavailable()
+    if block in missing:
+        raise EditError(
+            f"family {block!r} is unavailable here: it {missing[block]}; families: {', '.join(sorted(fams))}"
+        )
     if block in fams:
         name = fams[block].get(want)
         if name is None:
@@ -315,7 +324,9 @@ def resolve_block(block: str, position: str) -> registry.BlockSpec:
             ) from None
     try:
         spec = registry.get_spec(block)
-    except KeyError:
+    except KeyError as e:
+        if "unavailable" in str(e):  # a block of a family this Ultralytics cannot build
+            raise EditError(f"{e.args[0]}; {_choices()}") from None
         hint = registry.closest(block, [*fams, *registry.block_names()])
         raise EditError(
             f"block {block!r} is not registered with yolo_attn"
@@ -637,12 +648,13 @@ def generate(
     """Write every (base, block, position) variant to ``out_dir`` as ``<variant_name>.yaml``; returns the paths.
 
     ``blocks`` are families or block names (default: every registered family). Bases the installed Ultralytics does
-    not ship (``yolo26.yaml`` before 8.4) are left out.
+    not ship (``yolo26.yaml`` before 8.4) are left out, and so are positions a base does not have (YOLO12's SPPF).
     """
     paths = []
     for base in available_bases(bases):
+        have = available_positions(base)
         for block in list(families()) if blocks is None else blocks:
-            for pos in positions:
+            for pos in [p for p in positions if p in have]:
                 d = make_variant(base, block, pos, validate=validate)
                 paths.append(save_variant(d, Path(out_dir) / f"{variant_name(base, block, pos)}.yaml"))
     return paths

@@ -319,10 +319,14 @@ def make_plan(
     Raises:
         ValueError: The plan holds the same run twice.
     """
-    if blocks is None:
-        from yolo_attn.edit import families
+    from yolo_attn import registry
+    from yolo_attn.edit import families
 
-        blocks = list(families())
+    fams = families()  # registers the package's blocks (and plugins'), so the registry knows the unavailable ones
+    blocks = list(fams) if blocks is None else list(blocks)
+    missing = {b: why for b, why in registry.unavailable().items() if b in blocks}
+    if missing:
+        raise ValueError("; ".join(f"family {b!r} is unavailable here: it {why}" for b, why in missing.items()))
     datasets = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if not datasets:
         raise ValueError("make_plan needs at least one dataset YAML, got none")

@@ -37,6 +37,8 @@ __all__ = [
     "Probe",
     "ROLES",
     "families",
+    "family_origin",
+    "unavailable",
     "register_block",
     "unregister_block",
     "get_spec",
@@ -111,6 +113,11 @@ class BlockSpec:
         bench_levels: Pyramid levels at which ``yolo-attn bench`` measures the block (empty: not benchmarked).
         probe: How :mod:`yolo_attn.explain` reads the block (:class:`Probe`); None: the generic reading (the
             residual ratio of an ``insert`` block, nothing for the other roles).
+        origin: Where the block's module comes from when it is not this package's own idea, e.g. ``"Ultralytics
+            8.4.190 C2PSA / PSABlock"`` for the comparator families (the report prints it); ``None``: ours.
+        available: The block can be built here. An unavailable block (its module needs a newer Ultralytics) stays
+            out of :func:`specs`, :func:`families` and YAML names; :func:`unavailable` says what it needs.
+        requires: What an unavailable block needs, e.g. ``"ultralytics>=8.3.78"``.
     """
 
     name: str
@@ -121,6 +128,9 @@ class BlockSpec:
     takes_level: bool = False
     bench_levels: tuple[int, ...] = ()
     probe: Probe | None = None
+    origin: str | None = None
+    available: bool = True
+    requires: str | None = None
 
     def extras(self) -> list[inspect.Parameter]:
         """The constructor parameters a YAML row gives after ``c2`` (``n`` excluded for repeating blocks)."""
@@ -165,6 +175,9 @@ def register_block(
     takes_level: bool = False,
     bench_levels: Sequence[int] = (),
     probe: Probe | None = None,
+    origin: str | None = None,
+    available: bool = True,
+    requires: str | None = None,
     force: bool = False,
 ):
     """Register a block class for use in model YAMLs. Usable as ``@register_block`` or ``@register_block(...)``.
@@ -190,7 +203,17 @@ def register_block(
                 "pass force=True to replace it"
             )
         _REGISTRY[key] = BlockSpec(
-            key, c, repeats, family, role, bool(takes_level), tuple(int(x) for x in bench_levels), probe
+            key,
+            c,
+            repeats,
+            family,
+            role,
+            bool(takes_level),
+            tuple(int(x) for x in bench_levels),
+            probe,
+            origin,
+            bool(available),
+            requires,
         )
         return c
 
@@ -203,7 +226,11 @@ def unregister_block(name: str) -> BlockSpec | None:
 
 
 def get_spec(name: str) -> BlockSpec:
-    """Return the spec for ``name`` or raise ``KeyError`` listing the closest registered names."""
+    """Return the spec for ``name`` or raise ``KeyError`` listing the closest registered names (or, for a block
+    this installation cannot build, what it needs)."""
+    spec = _REGISTRY.get(name)
+    if spec is not None and not spec.available:
+        raise KeyError(f"block {name!r} is unavailable here: {_needs(spec)}")
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -216,8 +243,8 @@ def get_spec(name: str) -> BlockSpec:
 
 
 def specs() -> list[BlockSpec]:
-    """All registered specs, in registration order."""
-    return list(_REGISTRY.values())
+    """All registered specs that can be built here, in registration order (unavailable ones: :func:`unavailable`)."""
+    return [sp for sp in _REGISTRY.values() if sp.available]
 
 
 def families() -> dict[str, dict[str, str]]:
@@ -225,17 +252,48 @@ def families() -> dict[str, dict[str, str]]:
 
     This is how tooling learns which families exist (``yolo-attn insert dat ...``, ``generate``, ``ablate --blocks``,
     ``bench``, the report). The first block registered for a (family, role) pair is the one a family name means.
+    A family whose blocks the installed Ultralytics cannot build is left out; :func:`unavailable` names it.
     """
     out: dict[str, dict[str, str]] = {}
-    for sp in _REGISTRY.values():
+    for sp in specs():
         if sp.family and sp.role in ("insert", "csp"):
             out.setdefault(sp.family, {}).setdefault(sp.role, sp.name)
     return out
 
 
+def _needs(spec: BlockSpec) -> str:
+    from yolo_attn._compat import version  # torch-free, reads the installed version lazily
+
+    return f"needs {spec.requires or 'a newer Ultralytics'} (installed: ultralytics {version()})"
+
+
+def unavailable() -> dict[str, str]:
+    """``{family or block name: what it needs}`` for registered blocks this installation cannot build.
+
+    Tooling prints it in one line where it lists families (``yolo-attn info``) and where a user names one (``insert``,
+    ``ablate --blocks``), e.g. ``{"area": "needs ultralytics>=8.3.78 (installed: ultralytics 8.3.65)"}``.
+    """
+    out: dict[str, str] = {}
+    for sp in _REGISTRY.values():
+        if not sp.available:
+            out.setdefault(sp.family or sp.name, _needs(sp))
+    return out
+
+
+def family_origin(family: str) -> str | None:
+    """Where a family's modules come from when they are not this package's (``"Ultralytics 8.4.190 C2PSA /
+    PSABlock"``), for the report's line on each comparator; ``None`` for the package's own families and unknown ones.
+
+    Examples:
+        >>> family_origin("bot") is None
+        True
+    """
+    return next((sp.origin for sp in _REGISTRY.values() if sp.family == family and sp.origin), None)
+
+
 def block_names() -> list[str]:
-    """All registered names, sorted."""
-    return sorted(_REGISTRY)
+    """All registered names that can be built here, sorted."""
+    return sorted(sp.name for sp in specs())
 
 
 def closest(name: str, candidates: list[str] | None = None, n: int = 3) -> list[str]:

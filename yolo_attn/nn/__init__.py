@@ -7,7 +7,7 @@ here (``from yolo_attn.nn import BoT3, set_attn_impl``).
 
 import importlib
 
-_FILES = ("attention", "bot", "coat", "dat")  # importing a family file registers its blocks
+_FILES = ("attention", "bot", "coat", "dat", "psa", "area")  # importing a family file registers its blocks
 _PUBLIC = tuple(importlib.import_module(f"{__name__}.{name}") for name in _FILES)
 __all__ = [name for module in _PUBLIC for name in module.__all__]
 

@@ -31,6 +31,7 @@ __all__ = [
     "hidden_width",
     "resolve_heads",
     "AttnCSP",
+    "fp16_safe",
 ]
 
 
@@ -131,3 +132,26 @@ class AttnCSP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+def fp16_safe(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, computed in fp32 when ``x`` is fp16 or fp16 autocast is on; the result in ``x``'s dtype.
+
+    For modules that are not ours (the comparator families wrap Ultralytics' attention unchanged), whose attention
+    logits may exceed fp16's range (65504) and turn into inf, then NaN after the softmax. Under autocast the module's
+    parameters are fp32 already and are used as they are (gradients reach them); after ``.half()`` fp32 copies are
+    used for the call. bf16 has fp32's range and runs as given.
+
+    Examples:
+        >>> conv = nn.Conv2d(4, 4, 1).half()
+        >>> fp16_safe(conv, torch.ones(1, 4, 2, 2, dtype=torch.float16)).dtype
+        torch.float16
+    """
+    device = x.device.type
+    autocast16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+    if x.dtype != torch.float16 and not autocast16:
+        return module(x)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in module.state_dict(keep_vars=True).items()}
+    with torch.autocast(device, enabled=False):
+        y = torch.func.functional_call(module, state, (x.float(),))
+    return y.to(x.dtype)

@@ -152,6 +152,25 @@ def _attention_in_baselines(rep: Report) -> list[str]:
     return lines
 
 
+def _comparator_lines(rep: Report) -> list[str]:
+    """One line per comparator family (Ultralytics' own attention, wrapped): where its module comes from."""
+    from yolo_attn.edit import families
+    from yolo_attn.registry import family_origin
+
+    lines, fams = [], {r.family for r in rep.records if r.family}
+    if fams:
+        families()  # every block registered (the package's and plugins'), so the registry knows their origins
+    for fam in sorted(fams):
+        origin = family_origin(fam)
+        if origin:
+            trained = sorted({str((r.versions or {}).get("ultralytics")) for r in rep.records if r.family == fam})
+            lines.append(
+                f"- comparator `{fam}`: not this package's block but {origin}, in a residual that starts as the "
+                f"identity (runs trained with Ultralytics {', '.join(trained)})"
+            )
+    return lines
+
+
 def _measurement_lines(rep: Report) -> list[str]:
     first, lines = rep.first, []
     if first is None:
@@ -201,6 +220,7 @@ SETTINGS: list[Callable[[Report], list[str]]] = [
     _statistics_line,
     _verdict_legend,
     _attention_in_baselines,
+    _comparator_lines,
     _measurement_lines,
 ]
 
