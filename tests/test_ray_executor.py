@@ -29,10 +29,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local test instance: no 
 
 import yolo_attn  # noqa: E402
 import yolo_attn.executors as executors  # noqa: E402
-from yolo_attn._compat import cpu_threads  # noqa: E402
 from yolo_attn.cli import main  # noqa: E402
 from yolo_attn.executors import run_sweep  # noqa: E402
 from yolo_attn.executors.ray import RayExecutor, _probe  # noqa: E402
+from yolo_attn.integration import cpu_threads  # noqa: E402
 from yolo_attn.plan import make_plan  # noqa: E402
 from yolo_attn.store import ResultStore  # noqa: E402
 
