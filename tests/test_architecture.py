@@ -9,6 +9,7 @@ as one. ``importlib.import_module("<literal>")`` counts as an import.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,13 @@ def test_one_ultralytics_version_function():
         if name not in allowed and ('version("ultralytics")' in src or "ultralytics.__version__" in src):
             found[name] = True
     assert not found, f"use yolo_attn._compat.version(): {sorted(found)}"
+
+
+def test_versions_are_collected_in_one_place():
+    """``execute.versions()`` collects the versions a result depends on; the GPU check and the Ray executor use it."""
+    found = sorted(
+        name
+        for name, path in _modules().items()
+        if name != "yolo_attn.execute" and re.search(r"torch\.__version__|platform\.python_version", path.read_text())
+    )
+    assert not found, f"use yolo_attn.execute.versions(): {found}"

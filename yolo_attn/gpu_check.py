@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from yolo_attn import registry
+from yolo_attn import integration, registry
 from yolo_attn.bench import resolve_device
 from yolo_attn.markdown import table
 
@@ -53,23 +53,14 @@ __all__ = ["BASELINES", "headline", "Settings", "gpu_check", "write_summary"]
 BASELINES = {"yolov8": "yolov8n.yaml", "yolov11": "yolo11n.yaml"}
 
 
-def _cfg_dir() -> Path:
-    """The packaged model YAMLs: ``cfg/`` of a checkout, ``yolo_attn/cfg`` inside an installed wheel."""
-    from yolo_attn.integration import cfg_dir
-
-    return cfg_dir()
-
-
 def headline() -> list[str]:
     """``<base>-<family>`` for every registered family whose headline cfg is packaged (both bases).
 
     Raises:
         FileNotFoundError: No headline cfg was found at all: the check would train nothing, so it refuses to run.
     """
-    from yolo_attn import integration
-
     integration.register()
-    root = _cfg_dir()
+    root = integration.cfg_dir()  # cfg/ of a checkout, yolo_attn/cfg inside an installed wheel
     found = [f"{b}-{f}" for b in BASELINES for f in registry.families() if (root / f"{b}-{f}.yaml").is_file()]
     if not found:
         raise FileNotFoundError(
@@ -103,7 +94,7 @@ class Settings:
     @classmethod
     def make(cls, device: str = "0", quick: bool = False) -> Settings:
         cfgs = headline()
-        root = _cfg_dir()
+        root = integration.cfg_dir()
         twins = () if quick else tuple(f"{c}-sppf_before" for c in cfgs if (root / f"{c}-sppf_before.yaml").is_file())
         return cls(
             device=str(device),
@@ -161,7 +152,7 @@ def run_gpu_tests(tests: Path | None, timeout: float = 300) -> dict:
 # ------------------------------------------------------------------------------------------------ 2. + 4. training
 def _cfg_path(name: str) -> str:
     """``yolov8-bot`` -> the package's cfg file; a baseline name is Ultralytics' own YAML."""
-    return name if name.endswith(".yaml") else str(_cfg_dir() / f"{name}.yaml")
+    return name if name.endswith(".yaml") else str(integration.cfg_dir() / f"{name}.yaml")
 
 
 def train_one(name: str, data: str, s: Settings, out: Path) -> dict:
@@ -313,7 +304,6 @@ def _flash_step(shapes: list, dev: torch.device) -> Callable[[], None] | None:
 
 def bench_blocks(s: Settings) -> list[dict]:
     """Every registered block with bench levels, at P5/P4/P3 of ``s.bench_imgsz``, both widths, bf16, fwd+bwd."""
-    from yolo_attn import integration
     from yolo_attn.bench import _build, _make_step, bench_block, time_steps
 
     integration.register()
