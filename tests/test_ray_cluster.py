@@ -45,6 +45,9 @@ def cluster(tmp_path, monkeypatch):
     """A head node without CPUs (runs go to the nodes a test adds); this process is the driver."""
     monkeypatch.chdir(tmp_path)  # Ray puts the driver's folder first on the workers' path: not a checkout
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
+    # Cluster writes the head's address to the default session folder's ray_current_cluster whatever temp_dir says
+    # (Ray 2.x), and fails where that folder does not exist yet (a fresh machine)
+    Path(ray._private.utils.get_ray_address_file(None)).parent.mkdir(parents=True, exist_ok=True)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "temp_dir": tmp})
     try:
         yield c
