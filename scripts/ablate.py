@@ -12,12 +12,7 @@ Examples:
     python scripts/ablate.py --data a.yaml b.yaml --blocks dat --seeds 0 1 2 --out out/two epochs=5   # per dataset
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a fresh clone without installing
-
-from yolo_attn.cli import main  # noqa: E402
-
 if __name__ == "__main__":
-    sys.exit(main(["ablate", *sys.argv[1:]]))
+    from _cli import run  # scripts/_cli.py
+
+    run("ablate")

@@ -9,12 +9,7 @@ Examples:
     python scripts/bench_blocks.py --device cuda --json out/bench.json
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a fresh clone without installing
-
-from yolo_attn.cli import main  # noqa: E402
-
 if __name__ == "__main__":
-    sys.exit(main(["bench", *sys.argv[1:]]))
+    from _cli import run  # scripts/_cli.py
+
+    run("bench")

@@ -12,12 +12,7 @@ Examples:
     python scripts/demo.py --out /tmp/demo --epochs 3 --finetune-epochs 1
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a fresh clone without installing
-
-from yolo_attn.cli import main  # noqa: E402
-
 if __name__ == "__main__":
-    sys.exit(main(["demo", *sys.argv[1:]]))
+    from _cli import run  # scripts/_cli.py
+
+    run("demo")

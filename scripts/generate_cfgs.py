@@ -11,12 +11,7 @@ Examples:
     python scripts/generate_cfgs.py --check
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a fresh clone without installing
-
-from yolo_attn.cli import main  # noqa: E402
-
 if __name__ == "__main__":
-    sys.exit(main(["generate", *sys.argv[1:]]))
+    from _cli import run  # scripts/_cli.py
+
+    run("generate")

@@ -4,8 +4,9 @@ Proven here: every registered block gives the plain twin's outputs and gradients
 chunks for the chunked kernel, odd and rectangular sizes); ``set_attn_impl`` reaches every attention layer, CSP
 blocks' included; the one chunked kernel passes gradcheck in fp64 with each bias module (with and without the fused
 kernel's log-sum-exp); every bias module honours the interface the kernel relies on; ``is_exporting`` is True on
-every export route; pickles of yolo_attn 0.1 are migrated; every block refuses channels < 1; every class a block
-pickles is allowed by Ultralytics' restricted loader.
+every export route; pickles of yolo_attn 0.1.0 are migrated, and position-bias modules pickled under their pre-0.2
+path (``yolo_attn.nn.attention``) load, restricted loading included; every block refuses channels < 1; every class a
+block pickles is allowed by Ultralytics' restricted loader.
 """
 
 from __future__ import annotations
@@ -21,15 +22,12 @@ from yolo_attn.nn import attention
 from yolo_attn.nn.attention import (
     ATTN_IMPLS,
     AttentionLayer,
-    BoTRelPos,
-    CoAtRelPos,
-    DATRelPos,
-    RelBias,
     attention_plain,
     chunked_attention,
     is_exporting,
     set_attn_impl,
 )
+from yolo_attn.nn.rel_pos import BoTRelPos, CoAtRelPos, DATRelPos, RelBias
 from yolo_attn.registry import specs
 
 C = 64  # every block builds at this width with its defaults (CoAt3: int(64 * 0.5) = 32 = one head of 32)
@@ -38,7 +36,8 @@ C = 64  # every block builds at this width with its defaults (CoAt3: int(64 * 0.
 def _blocks() -> dict[str, type]:
     import yolo_attn.nn  # noqa: F401  (registers the blocks)
 
-    return {sp.name: sp.cls for sp in specs() if sp.cls.__module__.startswith("yolo_attn.nn.")}
+    # the package's own blocks: the comparator families (spec.origin) run Ultralytics' attention, not this core
+    return {sp.name: sp.cls for sp in specs() if sp.cls.__module__.startswith("yolo_attn.nn.") and not sp.origin}
 
 
 def _build(cls: type) -> nn.Module:
@@ -254,7 +253,8 @@ def test_is_exporting_on_every_route(tmp_path, route):
 
 # --------------------------------------------------------------------------------------------- old pickles
 def _as_v01(m: AttentionLayer, **old_attrs) -> dict:
-    """The pickled state of ``m`` as yolo_attn 0.1 laid it out: tables as the layer's own parameters."""
+    """The pickled state of ``m`` as yolo_attn 0.1.0 laid it out before commit a8b5350: tables as the layer's own
+    parameters."""
     state = copy.copy(m.__dict__)
     state["_parameters"] = dict(m._parameters)
     state["_modules"] = {k: v for k, v in m._modules.items() if k != "rel_pos"}
@@ -304,6 +304,46 @@ def test_v01_pickles_are_migrated(make, old, impl):
         torch.testing.assert_close(set_attn_impl(legacy, "auto")(x), set_attn_impl(new, "auto")(x))
     again = pickle.loads(pickle.dumps(legacy))  # and the migrated object pickles in the new layout
     assert list(again.state_dict()) == list(new.state_dict())
+
+
+def _pickled_before_0_2(obj) -> bytes:
+    """``torch.save(obj)`` as yolo_attn 0.1.x wrote it: the position-bias classes named by yolo_attn.nn.attention."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    src, out = zipfile.ZipFile(io.BytesIO(buf.getvalue())), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                assert b"yolo_attn.nn.rel_pos\n" in data  # protocol 2: GLOBAL opcodes, 'module\nname\n'
+                data = data.replace(b"yolo_attn.nn.rel_pos\n", b"yolo_attn.nn.attention\n")
+            dst.writestr(info, data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", ["MHSA", "CoAt", "DAttention"])
+def test_position_biases_load_from_their_pre_0_2_path(name, registered):
+    """The bias modules moved from yolo_attn.nn.attention to yolo_attn.nn.rel_pos in 0.2.0; a checkpoint pickled
+    before names the old path: it loads into the same classes, also under weights_only (restricted) loading."""
+    import io
+
+    from yolo_attn.integration import _safe_globals
+
+    torch.manual_seed(5)
+    new = _perturb(attention_layer(name)).eval()
+    old = _pickled_before_0_2(new)
+    assert b"yolo_attn.nn.rel_pos" not in old
+    torch_classes = {type(m) for m in new.modules() if type(m).__module__.startswith("torch.")}
+    x = torch.randn(1, new_c1(new), 5, 6)
+    for weights_only in (False, True):
+        with torch.serialization.safe_globals([*_safe_globals(), *torch_classes]):
+            loaded = torch.load(io.BytesIO(old), weights_only=weights_only)
+        assert type(loaded.rel_pos) is type(new.rel_pos) and type(loaded.rel_pos).__module__ == "yolo_attn.nn.rel_pos"
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), new(x), rtol=0, atol=0)
 
 
 def attention_layer(name: str, **kw) -> AttentionLayer:

@@ -401,7 +401,8 @@ def test_cuda_half_and_autocast():
     ids=["[1024, 5]", "[256, 3, 0.25]", "[256, P4, 1]", "n=2 [256, 3]"],
 )
 def test_dat3_rows_in_the_old_order_build_the_same_block(args, e, level):
-    """DAT3 rows of yolo_attn 0.1, ``[c2, level, e, ...]``, are read in that order with a FutureWarning."""
+    """DAT3 rows of yolo_attn 0.1.0 before commit a8b5350, ``[c2, level, e, ...]``, are read in that order with a
+    FutureWarning."""
     c2, n, *extras = args
     with pytest.warns(FutureWarning, match=r"DAT3: e=.* is a pyramid level.*\[c2, e, level"):
         old = DAT3(64, c2, n, *extras)

@@ -171,6 +171,51 @@ def test_kill_mid_sweep_then_resume(tmp_path, shapes_data):
     assert all(s in md for s in sections) and sections[0] != sections[1]
 
 
+def _wait(what, proc: subprocess.Popen, cap_s: float = 1800.0):
+    """Poll ``what()`` until it is true (returned) or ``proc`` has ended (AssertionError with its output); the cap is a
+    safety net for a hang, far beyond any run here, not a guess of how long the event takes."""
+    t_end = time.monotonic() + cap_s
+    while not (found := what()):
+        if proc.poll() is not None:
+            raise AssertionError("the command ended before the awaited event:\n" + proc.communicate()[0][-3000:])
+        assert time.monotonic() < t_end, f"no event in {cap_s:.0f} s (a hang?)"
+        time.sleep(0.2)
+    return found
+
+
+def test_ctrl_c_says_what_is_recorded_and_exits_130(tmp_path, shapes_data):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while run 2 of 2 trains: one line saying how many
+    runs are recorded and that the same command resumes, exit status 130, no traceback; run 2 has no record."""
+    from yolo_attn.data import make_shapes_dataset
+
+    out = tmp_path / "sweep"
+    other = str(make_shapes_dataset(tmp_path / "other" / "shapes", n_train=32, n_val=8, imgsz=64, seed=1))  # longer
+    cmd = [sys.executable, "-m", "yolo_attn.cli", "ablate", "--data", shapes_data, other, "--out", str(out)]
+    cmd += ["--models", "yolov8n.yaml", *CLI_FAST, *(f"{k}={v}" for k, v in TRAIN.items())]
+    env = subprocess_env(YOLO_ATTN_PLUGINS="contract_blocks")
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+
+        def run_2_started() -> bool:
+            lines = _store_lines(out)
+            running = list((out / "running").glob("*.json")) if (out / "running").is_dir() else []
+            return len(lines) == 1 and any(json.loads(p.read_text())["key"] != lines[0]["key"] for p in running)
+
+        _wait(run_2_started, proc)  # run 1 recorded, run 2 marked in progress
+        os.killpg(proc.pid, signal.SIGINT)
+        log = proc.communicate(timeout=600)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    said = f"interrupted: 1 of 2 runs recorded in {out}; run the same command again to resume"
+    assert proc.returncode == 130, log[-3000:]
+    assert log.rstrip().splitlines()[-1] == said and "Traceback" not in log, log[-3000:]
+    assert [x["name"] for x in _store_lines(out)] == ["yolov8n"]  # run 2 left no record: the next call redoes it
+
+
 # --------------------------------------------------------------------------------------------------- worker processes
 def test_worker_processes_return_records_to_the_driver(tmp_path):
     """Two device slots: each run executes in its own worker process, side by side; the records (here: runs that fail

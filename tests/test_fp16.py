@@ -24,7 +24,8 @@ from torch.utils._pytree import tree_leaves
 from yolo_attn import integration, registry
 from yolo_attn.bench import _build
 from yolo_attn.nn import attention
-from yolo_attn.nn.attention import ATTN_IMPLS, AttentionLayer, BoTRelPos, CoAtRelPos, DATRelPos, attend, set_attn_impl
+from yolo_attn.nn.attention import ATTN_IMPLS, AttentionLayer, attend, set_attn_impl
+from yolo_attn.nn.rel_pos import BoTRelPos, CoAtRelPos, DATRelPos
 
 FP16_MAX = torch.finfo(torch.float16).max
 BLOCK_TOL, MODEL_TOL, CORE_TOL = 1e-2, 5e-2, 2e-3

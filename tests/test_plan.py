@@ -132,3 +132,20 @@ def test_plan_over_several_datasets(tmp_path, shapes_data):
     assert len({r.key for r in two}) == 8
     with pytest.raises(ValueError, match="at least one dataset"):
         make_plan([], blocks=["dat"])
+
+
+def test_key_is_computed_once_while_its_inputs_are_unchanged(shapes_data, monkeypatch):
+    """The driver reads a run's key many times: it is hashed once, and again only when a field or file changed."""
+    calls = []
+    real = Run.definition
+    monkeypatch.setattr(Run, "definition", lambda self: calls.append(1) or real(self))
+    run = Run("yolov8n.yaml", shapes_data, seed=0, train=dict(TRAIN))
+    key = run.key
+    assert [run.key for _ in range(15)] == [key] * 15 and len(calls) == 1
+    run.seed = 1
+    assert run.key != key and len(calls) == 2
+    run.train["epochs"] = 2  # a mutable field changed in place counts too
+    assert run.key != key and len(calls) == 3
+    run.seed, run.train = 0, dict(TRAIN)
+    assert run.key == key
+    assert "_key" not in run.to_dict() and run == Run("yolov8n.yaml", shapes_data, seed=0, train=dict(TRAIN))

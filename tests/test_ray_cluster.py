@@ -33,6 +33,11 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 TRAIN = {"epochs": 1, "imgsz": 32, "batch": 4, "workers": 0, "warmup_epochs": 0}
 FAST = {"flops_imgsz": 64, "bench_imgsz": 32, "bench_batch": 2, "bench_iters": 1, "bench_warmup": 0}
+#: Epochs of the runs a node dies under: it is removed once both have written their first epoch, so it dies mid-run.
+KILLED_EPOCHS = 10
+#: Waits follow events (runs started, epochs written, the sweep ended); this cap only ends a wait for one that never
+#: comes (a hang), however loaded the machine.
+SAFETY_CAP_S = 1800.0
 
 
 @pytest.fixture
@@ -40,6 +45,9 @@ def cluster(tmp_path, monkeypatch):
     """A head node without CPUs (runs go to the nodes a test adds); this process is the driver."""
     monkeypatch.chdir(tmp_path)  # Ray puts the driver's folder first on the workers' path: not a checkout
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
+    # Cluster writes the head's address to the default session folder's ray_current_cluster whatever temp_dir says
+    # (Ray 2.x), and fails where that folder does not exist yet (a fresh machine)
+    Path(ray._private.utils.get_ray_address_file(None)).parent.mkdir(parents=True, exist_ok=True)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "temp_dir": tmp})
     try:
         yield c
@@ -79,6 +87,19 @@ def test_the_node_with_another_yolo_attn_is_named(cluster, data, tmp_path):
     assert not ResultStore(tmp_path / "o").lines()
 
 
+def _wait_for(what) -> None:
+    t_end = time.monotonic() + SAFETY_CAP_S
+    while not what():
+        assert time.monotonic() < t_end, f"the awaited event did not happen within the {SAFETY_CAP_S:.0f} s safety cap"
+        time.sleep(0.2)
+
+
+def _epoch_written(key: str) -> bool:
+    """Run ``key`` has finished an epoch on its node (the nodes share this machine's temporary folder)."""
+    base = Path(tempfile.gettempdir()) / "yolo_attn-ray"
+    return any(any(w.rglob("results.csv")) for w in base.glob(f"{key}-*")) if base.is_dir() else False
+
+
 def test_a_node_that_dies_mid_run_has_its_run_retried(cluster, data, tmp_path, monkeypatch):
     starts: list[str] = []
     monkeypatch.setattr(executors._Progress, "started", lambda self, run, where: starts.append(run.key))
@@ -86,17 +107,16 @@ def test_a_node_that_dies_mid_run_has_its_run_retried(cluster, data, tmp_path, m
     doomed = cluster.add_node(num_cpus=1)
     _connect(cluster)
     out = tmp_path / "o"
-    plan = make_plan(data, bases=["yolov8n.yaml"], blocks=["bot"], train=TRAIN)
+    plan = make_plan(data, bases=["yolov8n.yaml"], blocks=["bot"], train={**TRAIN, "epochs": KILLED_EPOCHS})
     th = threading.Thread(target=run_sweep, args=(plan, out), kwargs={"settings": FAST, "executor": RayExecutor()})
     th.start()
-    deadline = time.time() + 300
-    while len(starts) < 2 and time.time() < deadline:  # one run on each node
-        time.sleep(0.2)
+    _wait_for(lambda: len(starts) >= 2)  # one run on each node
     assert len(starts) == 2
-    time.sleep(1.0)
+    _wait_for(lambda: all(_epoch_written(r.key) for r in plan))  # both mid-run, epochs left
     cluster.remove_node(doomed, allow_graceful=False)
     cluster.add_node(num_cpus=1)  # a replacement joins, as an autoscaler would start one
-    th.join(600)
+    th.join(SAFETY_CAP_S)
+    assert not th.is_alive(), f"the sweep did not end within the {SAFETY_CAP_S:.0f} s safety cap"
     lines = ResultStore(out).lines()
     assert sorted(r.key for r in lines) == sorted(r.key for r in plan)  # one record per planned run
     assert all(r.ok for r in lines), [r.error for r in lines]

@@ -5,7 +5,8 @@
   per GPU, which imports Ultralytics and builds the model from its YAML without ever importing yolo_attn. The start-up
   hook must register the blocks there. Tested by running the script Ultralytics generates in a fresh interpreter,
   with its last step (``trainer.train()``, which would start DDP) replaced by building the model.
-- ``_compat.cpu_threads`` holds torch's threads at what a Ray task was given, through Ultralytics' device selection.
+- ``integration.cpu_threads`` holds torch's threads at what a Ray task was given, through Ultralytics'
+  device selection.
 """
 
 import importlib
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import subprocess_env
 
-from yolo_attn._compat import cpu_threads
+from yolo_attn.integration import cpu_threads
 
 BUILD = """\
     trainer.setup_model()

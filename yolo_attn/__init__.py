@@ -9,7 +9,7 @@ Examples:
     >>> model = YOLO("yolov8n-bot.yaml")
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from yolo_attn.integration import register, registered, unregister  # noqa: E402
 from yolo_attn.registry import register_block  # noqa: E402

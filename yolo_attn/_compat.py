@@ -1,10 +1,22 @@
-"""Every read of an Ultralytics internal outside :mod:`yolo_attn.integration`, with the version shims in one place.
+"""Every read of an Ultralytics internal, and the version shims, in one place. Never patches Ultralytics.
 
-``integration`` is the one module that *patches* Ultralytics; everything else that needs something from Ultralytics
-(its building blocks, model classes, model and checkpoint loading, configuration defaults, the FLOPs profiler, the
-logger...) imports it from here. The names are resolved on first use, so importing this module is cheap and a name a
-future Ultralytics moved fails where it is used, with a message naming it and the installed version. :func:`check`
-resolves them all and lists what is missing (``tests/test_architecture.py`` asserts the list is empty).
+The Ultralytics boundary (the same rule opens :mod:`yolo_attn.integration`; ``tests/test_architecture.py`` checks it):
+
+- :mod:`yolo_attn.integration` INSTALLS: every patch of Ultralytics (names and hooks in ``ultralytics.nn.tasks``,
+  the wrapped ``parse_model`` / ``check_yaml`` / ``BaseModel.load`` / ``Exporter.__call__``, safe globals, the
+  thread count held through ``select_device``), each one undone by ``unregister`` or on leaving its context.
+- ``_compat`` (this module) READS: Ultralytics' building blocks, model classes, model and checkpoint loading,
+  configuration defaults, the FLOPs profiler, the logger... and holds the version shims (:func:`version`, the one
+  version function; :func:`restore_numpy_trapz`). It never assigns anything on an Ultralytics module, class or
+  function.
+- Nothing else in yolo_attn imports ``ultralytics``: it imports what it needs from here. Two modules write on an
+  Ultralytics *instance* they are handed or build, never on a module or class: :mod:`yolo_attn.capture` wraps
+  ``update_metrics`` of the one validator its ``on_val_start`` callback receives, and the ``psa`` family gives the
+  ``C2PSA`` it builds blocks with explicit head counts (the test lists exactly these).
+
+Names are resolved on first use, so importing this module is cheap and a name a future Ultralytics moved fails where it
+is used, with a message naming it and the installed version. :func:`check` resolves them all and lists what is missing
+(``tests/test_architecture.py`` asserts the list is empty).
 
 Examples:
     >>> from yolo_attn import _compat
@@ -16,11 +28,9 @@ Examples:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +55,6 @@ __all__ = [
     "YOLO",
     "cfg_models_root",
     "check",
-    "cpu_threads",
     "IMG_FORMATS",
     "check_det_dataset",
     "final_validation_args",
@@ -56,6 +65,7 @@ __all__ = [
     "model_class",
     "model_class_for",
     "non_max_suppression",
+    "restore_numpy_trapz",
     "smart_value",
     "trainer_state",
     "unwrap",
@@ -142,6 +152,21 @@ def version() -> str:
 
         found = dist_version("ultralytics")
     return str(found)
+
+
+def restore_numpy_trapz() -> None:
+    """Give numpy >= 2.4 back ``np.trapz`` (the old name of ``np.trapezoid``) for Ultralytics < 8.4's metrics.
+
+    Ultralytics 8.3.x integrates the precision-recall curve with ``np.trapz``, which numpy 2.4 removed: every validation
+    that finds a true positive then raises AttributeError inside Ultralytics. Both names compute the same integral,
+    so the alias is restored (numpy only; idempotent; nothing of Ultralytics changes) when the installed numpy lacks
+    it. A version shim between two dependencies, so it lives here with the reads that depend on it (``compute_ap``:
+    see ``ap_tail``); :func:`yolo_attn.register` calls it for training and validation.
+    """
+    import numpy as np
+
+    if not hasattr(np, "trapz") and hasattr(np, "trapezoid"):
+        np.trapz = np.trapezoid
 
 
 def _missing(what: str, why: Exception | str) -> ImportError:
@@ -240,31 +265,6 @@ def unwrap(model: Any) -> torch.nn.Module:
     if isinstance(model, torch.nn.Module):
         return model
     raise TypeError(f"expected an nn.Module or an Ultralytics YOLO object, got {type(model).__name__}")
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int) -> Iterator[None]:
-    """torch's CPU threads at ``n`` inside the block, also through Ultralytics' ``select_device``.
-
-    ``select_device`` sets ``torch.set_num_threads(NUM_THREADS)`` for CPU training, ``NUM_THREADS`` being
-    min(8, the machine's CPUs - 1) whatever share of the machine the process was given (a Ray task's CPUs): the
-    module's copy of that constant is set to ``n`` too, and both are restored on leaving.
-    """
-    import torch
-
-    if n < 1:
-        raise ValueError(f"cpu_threads needs n >= 1, got {n}")
-    tu = importlib.import_module("ultralytics.utils.torch_utils")
-    if not hasattr(tu, "NUM_THREADS"):
-        raise _missing("ultralytics.utils.torch_utils.NUM_THREADS", "not found")
-    before = tu.NUM_THREADS, torch.get_num_threads()
-    tu.NUM_THREADS = n
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        tu.NUM_THREADS = before[0]
-        torch.set_num_threads(before[1])
 
 
 def trainer_state(trainer: Any) -> dict:
@@ -369,7 +369,7 @@ def check() -> list[str]:
     ):
         problems.append(f"non_max_suppression: not in {' or '.join(_NMS_MODULES)}")
     if not hasattr(importlib.import_module("ultralytics.utils.torch_utils"), "NUM_THREADS"):
-        problems.append("NUM_THREADS (cpu_threads): not in ultralytics.utils.torch_utils")
+        problems.append("NUM_THREADS (integration.cpu_threads): not in ultralytics.utils.torch_utils")
     root = cfg_models_root()
     if not (root / "v8" / "yolov8.yaml").is_file():
         problems.append(f"model YAMLs: {root}/v8/yolov8.yaml not found")

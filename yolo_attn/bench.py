@@ -70,9 +70,8 @@ __all__ = [
 LEVEL_SHAPES: dict[int, tuple[int, int, int, int]] = {5: (2, 256, 20, 20), 4: (2, 128, 40, 40), 3: (2, 64, 80, 80)}
 
 #: Attention implementations each block case is measured with: row label -> the ``impl`` given to
-#: ``yolo_attn.nn.attention.set_attn_impl`` (None: the block as built, i.e. its default fast path).
-#: Seam: once ``set_attn_impl`` exists, list the fast path and its plain twin here (e.g. ``{"fast": ..., "plain": ...}``)
-#: and every block gets both rows; nothing else changes.
+#: :func:`yolo_attn.nn.attention.set_attn_impl` (None: the block as built, ``attn_impl="auto"``). One row per entry;
+#: add e.g. ``"plain": "plain"`` to time the twin next to every block.
 IMPLS: dict[str, str | None] = {"default": None}
 
 

@@ -296,9 +296,10 @@ class ValidationCapture:
 
 def ap_tail() -> str:
     """How the installed Ultralytics ends the precision-recall curve (:data:`yolo_attn.stats.AP_TAILS`)."""
+    _compat.restore_numpy_trapz()  # 8.3's compute_ap calls np.trapz, which numpy 2.4 removed
     try:
         return detect_ap_tail(_read("compute_ap"))
-    except AttributeError as e:  # 8.3's compute_ap calls np.trapz, which numpy 2.4 removed; register() restores it
+    except AttributeError as e:
         raise RuntimeError(
             f"Ultralytics {_compat.version()}'s compute_ap failed ({e}): call yolo_attn.register() first"
         ) from e

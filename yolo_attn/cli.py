@@ -553,6 +553,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"yolo-attn {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: one line (a sweep says what it recorded), the shell's status for SIGINT
+        if args.verbose:
+            raise
+        from yolo_attn.executors import SweepInterrupted
+
+        print(e if isinstance(e, SweepInterrupted) else f"yolo-attn {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

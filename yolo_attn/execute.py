@@ -82,7 +82,17 @@ class Measure:
 
 
 def versions() -> dict[str, str]:
-    """Versions of everything that can change a result."""
+    """Versions of everything that can change a result: the one place they are collected.
+
+    Every run record keeps them (:attr:`yolo_attn.store.RunRecord.versions`); the GPU check's summary and the Ray
+    executor's node check (what the nodes must match) read them from here too. Values are plain strings.
+
+    Examples:
+        >>> from yolo_attn import _compat
+        >>> v = versions()
+        >>> {"python", "torch", "ultralytics", "yolo_attn", "platform"} <= set(v), v["ultralytics"] == _compat.version()
+        (True, True)
+    """
     import torch
 
     import yolo_attn
@@ -90,7 +100,7 @@ def versions() -> dict[str, str]:
 
     out = {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "ultralytics": _compat.version(),
         "yolo_attn": yolo_attn.__version__,
         "platform": platform.platform(),
@@ -100,7 +110,7 @@ def versions() -> dict[str, str]:
 
         out["thop"] = version("ultralytics-thop")
     if torch.cuda.is_available():
-        out["cuda"] = torch.version.cuda
+        out["cuda"] = str(torch.version.cuda)
         out["gpu"] = torch.cuda.get_device_name(0)
     return out
 

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from yolo_attn import registry
+from yolo_attn import integration, registry
 from yolo_attn.bench import resolve_device
 from yolo_attn.markdown import table
 
@@ -51,15 +51,24 @@ __all__ = ["BASELINES", "headline", "Settings", "gpu_check", "write_summary"]
 
 #: The bases users start from: the prefix of their headline cfgs in ``cfg/`` -> the baseline (Ultralytics' YAML).
 BASELINES = {"yolov8": "yolov8n.yaml", "yolov11": "yolo11n.yaml"}
-_CFG = Path(__file__).resolve().parent.parent / "cfg"
 
 
 def headline() -> list[str]:
-    """``<base>-<family>`` for every registered family whose headline cfg exists in ``cfg/`` (both bases)."""
-    from yolo_attn import integration
+    """``<base>-<family>`` for every registered family whose headline cfg is packaged (both bases).
 
+    Raises:
+        FileNotFoundError: No headline cfg was found at all: the check would train nothing, so it refuses to run.
+    """
     integration.register()
-    return [f"{b}-{f}" for b in BASELINES for f in registry.families() if (_CFG / f"{b}-{f}.yaml").is_file()]
+    root = integration.cfg_dir()  # cfg/ of a checkout, yolo_attn/cfg inside an installed wheel
+    found = [f"{b}-{f}" for b in BASELINES for f in registry.families() if (root / f"{b}-{f}.yaml").is_file()]
+    if not found:
+        raise FileNotFoundError(
+            f"the GPU check found no headline cfg ({', '.join(f'{b}-<family>.yaml' for b in BASELINES)} for the "
+            f"families {', '.join(registry.families()) or '(none registered)'}) in {root}, so it would train nothing; "
+            "reinstall yolo_attn (the wheel ships them as yolo_attn/cfg) or run it from a checkout"
+        )
+    return found
 
 
 #: Channels of P3/P4/P5 at width multiple 1.0 / yolov8n (0.25) and yolov8s (0.5) take a quarter / half.
@@ -85,7 +94,8 @@ class Settings:
     @classmethod
     def make(cls, device: str = "0", quick: bool = False) -> Settings:
         cfgs = headline()
-        twins = () if quick else tuple(f"{c}-sppf_before" for c in cfgs if (_CFG / f"{c}-sppf_before.yaml").is_file())
+        root = integration.cfg_dir()
+        twins = () if quick else tuple(f"{c}-sppf_before" for c in cfgs if (root / f"{c}-sppf_before.yaml").is_file())
         return cls(
             device=str(device),
             quick=quick,
@@ -102,8 +112,17 @@ class Settings:
 
 
 # ------------------------------------------------------------------------------------------------ 1. gpu tests
-def run_gpu_tests(tests: Path, timeout: float = 300) -> dict:
+def _checkout_tests() -> Path | None:
+    """The tests of the checkout this package runs from; None for an installed package (the folder beside
+    ``site-packages/yolo_attn`` may be another project's ``tests``)."""
+    tests = Path(__file__).resolve().parent.parent / "tests"
+    return tests if (tests / "test_gpu_check.py").is_file() else None
+
+
+def run_gpu_tests(tests: Path | None, timeout: float = 300) -> dict:
     """``pytest -m gpu`` over ``tests``: counts of passed / failed / skipped and the failures' names."""
+    if tests is None:
+        return {"status": "skipped", "reason": "an installed package has no tests (run from a checkout, or --tests)"}
     if not tests.is_dir():
         return {"status": "skipped", "reason": f"no tests folder at {tests} (run from a checkout)"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,7 +152,7 @@ def run_gpu_tests(tests: Path, timeout: float = 300) -> dict:
 # ------------------------------------------------------------------------------------------------ 2. + 4. training
 def _cfg_path(name: str) -> str:
     """``yolov8-bot`` -> the package's cfg file; a baseline name is Ultralytics' own YAML."""
-    return name if name.endswith(".yaml") else str(_CFG / f"{name}.yaml")
+    return name if name.endswith(".yaml") else str(integration.cfg_dir() / f"{name}.yaml")
 
 
 def train_one(name: str, data: str, s: Settings, out: Path) -> dict:
@@ -285,7 +304,6 @@ def _flash_step(shapes: list, dev: torch.device) -> Callable[[], None] | None:
 
 def bench_blocks(s: Settings) -> list[dict]:
     """Every registered block with bench levels, at P5/P4/P3 of ``s.bench_imgsz``, both widths, bf16, fwd+bwd."""
-    from yolo_attn import integration
     from yolo_attn.bench import _build, _make_step, bench_block, time_steps
 
     integration.register()
@@ -321,13 +339,12 @@ def bench_blocks(s: Settings) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ 5. summary
 def _environment(dev: torch.device) -> dict:
-    from yolo_attn import __version__
-    from yolo_attn._compat import version
+    """The versions every result records (:func:`yolo_attn.execute.versions`), and the device this check ran on."""
+    from yolo_attn.execute import versions
 
-    env = {"yolo_attn": __version__, "torch": torch.__version__, "ultralytics": version(), "device": str(dev)}
+    env = {**versions(), "device": str(dev)}
     if dev.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(dev)
-        env["cuda"] = torch.version.cuda
     else:
         env["cpu_threads"] = torch.get_num_threads()
     return env
@@ -398,7 +415,11 @@ def gpu_check(device: str = "0", quick: bool = False, out: str | Path = "out/gpu
         device: Ultralytics device string (``0``, ``cuda:1``, ``cpu``).
         quick: Small sizes, fewer steps (what the test suite runs on CPU).
         out: Folder of the summaries (and the training runs).
-        tests: The checkout's tests folder for step 1 (default: ``tests`` beside the package, when there is one).
+        tests: The checkout's tests folder for step 1 (default: the checkout's ``tests``; an installed package has
+            none, and step 1 then says it skipped).
+
+    Raises:
+        FileNotFoundError: No headline cfg was found (an empty plan would pass by checking nothing).
     """
     from yolo_attn.data import make_shapes_dataset
 
@@ -408,7 +429,7 @@ def gpu_check(device: str = "0", quick: bool = False, out: str | Path = "out/gpu
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} asks for CUDA, which this torch does not see; pass --device cpu --quick")
     t0 = time.perf_counter()
-    tests = Path(tests) if tests else Path(__file__).resolve().parent.parent / "tests"
+    tests = Path(tests) if tests else _checkout_tests()
     result: dict[str, Any] = {"settings": asdict(s), "environment": _environment(dev)}
     result["gpu_tests"] = run_gpu_tests(tests)
     data = make_shapes_dataset(out / f"data-{s.imgsz}", n_train=s.n_train, n_val=s.n_val, imgsz=s.imgsz)

@@ -1,4 +1,13 @@
-"""The one module that touches Ultralytics internals.
+"""The one module that patches Ultralytics.
+
+The Ultralytics boundary (the same rule opens :mod:`yolo_attn._compat`; ``tests/test_architecture.py`` checks it):
+
+- ``integration`` (this module) INSTALLS: every assignment on an Ultralytics module, class or function, every import
+  hook and safe global is made here, and each one is undone by :func:`unregister` (or on leaving its context, for
+  :func:`cpu_threads`).
+- :mod:`yolo_attn._compat` READS Ultralytics and holds the version shims (``_compat.version()`` is the one version
+  function, used here too); it never patches.
+- Nothing else in yolo_attn imports ``ultralytics`` (two instance writes, listed in ``_compat``'s docstring and the test).
 
 What it does to ``ultralytics.nn.tasks`` (all reversible by :func:`unregister`, nothing on disk is edited):
 
@@ -22,10 +31,14 @@ What it does to ``ultralytics.nn.tasks`` (all reversible by :func:`unregister`, 
 5. Wraps ``check_yaml`` so ``YOLO("yolov8n-bot.yaml")`` finds the copy packaged with yolo_attn from any directory.
 6. Adds our classes (and the timm layers they hold) to ``torch.serialization``'s safe globals, so checkpoints load
    under ``ULTRALYTICS_SAFE_LOAD=1``.
-7. Restores numpy's ``trapz`` alias where numpy >= 2.4 dropped it, which Ultralytics 8.3.x's metrics still call.
+7. Calls ``_compat.restore_numpy_trapz()`` (numpy >= 2.4 dropped ``trapz``, which Ultralytics 8.3.x's metrics call):
+   a shim of numpy, not a patch of Ultralytics, kept in ``_compat`` beside the read that needs it (``ap_tail``).
 8. Wraps ``Exporter.__call__`` so the format rules of :mod:`yolo_attn.export` run before any converter: DAT layers
    take the gather sampler for formats without a reliable ``GridSample`` (restored afterwards), and a format that
    cannot take a block is refused with a ``ValueError`` naming the format, the row and the alternative.
+
+Besides, :func:`cpu_threads` holds Ultralytics' ``NUM_THREADS`` (which ``select_device`` applies) at a Ray task's CPUs
+for the duration of a run.
 
 After patching, a one-row probe model is built and checked; if the semantics did not take effect (a future
 Ultralytics changed ``parse_model``), everything is undone and :class:`IntegrationError` names the version.
@@ -46,7 +59,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from yolo_attn import registry
+from yolo_attn import _compat, registry
 
 __all__ = [
     "register",
@@ -59,6 +72,7 @@ __all__ = [
     "install_transfer_hook",
     "uninstall_transfer_hook",
     "transfer_hook_installed",
+    "cpu_threads",
 ]
 
 LOGGER = logging.getLogger("yolo_attn")
@@ -73,16 +87,6 @@ class IntegrationError(RuntimeError):
 
 def _tasks():
     return importlib.import_module("ultralytics.nn.tasks")
-
-
-def ultralytics_version() -> str:
-    mod = sys.modules.get("ultralytics")
-    version = getattr(mod, "__version__", None)
-    if version is None:
-        from importlib.metadata import version as dist_version
-
-        version = dist_version("ultralytics")
-    return version
 
 
 def cfg_dir() -> Path:
@@ -329,13 +333,14 @@ def _wrap_check_yaml(orig):
     return check_yaml
 
 
-def _safe_globals() -> list[type]:
+def _safe_globals() -> list[type | tuple[type, str]]:
     """Registered block classes, every nn.Module class their modules name, and timm's layer classes.
 
     A pickled block holds whatever classes its layers are built from, including ones no module of ours names:
     timm's ``SEModule`` creates its gate through ``create_act_layer("sigmoid")``, a ``timm.layers.activations.Sigmoid``.
     So every ``nn.Module`` class of the loaded ``timm.layers`` modules is allowed too (layers, not code that runs on
-    unpickling).
+    unpickling). Classes that moved keep their old path too (``(class, "old.module.Name")``: the path a checkpoint
+    pickled before the move names them by; see :data:`yolo_attn.nn.attention.LEGACY_PATHS`).
     """
     import torch
 
@@ -346,7 +351,9 @@ def _safe_globals() -> list[type]:
         for obj in vars(mod).values() if mod else ():
             if inspect.isclass(obj) and issubclass(obj, torch.nn.Module) and not obj.__module__.startswith("torch."):
                 found.add(obj)
-    return sorted(found, key=lambda c: (c.__module__, c.__qualname__))
+    legacy = getattr(sys.modules.get("yolo_attn.nn.attention"), "LEGACY_PATHS", {})
+    moved = [(cls, path) for path, cls in sorted(legacy.items()) if cls in found]
+    return sorted(found, key=lambda c: (c.__module__, c.__qualname__)) + moved
 
 
 def _import_plugins() -> None:
@@ -365,7 +372,7 @@ def _inject_names(tasks) -> None:
             continue
         if current is not None and _STATE["names"].get(sp.name) is not current:
             raise IntegrationError(
-                f"block name {sp.name!r} is already defined by Ultralytics {ultralytics_version()} "
+                f"block name {sp.name!r} is already defined by Ultralytics {_compat.version()} "
                 f"({getattr(current, '__module__', '?')}); yolo_attn never replaces it. Register the block under "
                 "another name."
             )
@@ -413,7 +420,7 @@ def _probe(tasks) -> None:
         tasks.parse_model(d, ch=3, verbose=False)
     except Exception as e:
         raise IntegrationError(
-            f"yolo_attn could not register with Ultralytics {ultralytics_version()}: the probe model failed to build "
+            f"yolo_attn could not register with Ultralytics {_compat.version()}: the probe model failed to build "
             f"({type(e).__name__}: {e}). Supported: ultralytics>=8.3.65,<8.5."
         ) from e
     finally:
@@ -425,7 +432,7 @@ def _probe(tasks) -> None:
     expected = [("rep", 3, 24, 2), ("one", 24, 24), ("one", 24, 24)]
     if seen != expected:
         raise IntegrationError(
-            f"yolo_attn could not register with Ultralytics {ultralytics_version()}: parse_model did not apply the "
+            f"yolo_attn could not register with Ultralytics {_compat.version()}: parse_model did not apply the "
             f"built-in row semantics to a probe block (got constructor calls {seen}, expected {expected}). "
             "Supported: ultralytics>=8.3.65,<8.5."
         )
@@ -462,7 +469,7 @@ def register(verbose: bool = False) -> None:
                 _probe(tasks)
                 install_transfer_hook()
                 _install_export_hook()
-                _numpy_trapz_shim()
+                _compat.restore_numpy_trapz()
         except Exception:
             unregister()
             raise
@@ -472,19 +479,6 @@ def register(verbose: bool = False) -> None:
             torch.serialization.add_safe_globals(_safe_globals())
         if verbose:
             LOGGER.info(f"yolo_attn: registered {', '.join(registry.block_names())}")
-
-
-def _numpy_trapz_shim() -> None:
-    """Give numpy >= 2.4 back ``np.trapz`` (the old name of ``np.trapezoid``) for Ultralytics < 8.4's metrics.
-
-    Ultralytics 8.3.x integrates the precision-recall curve with ``np.trapz``, which numpy 2.4 removed: every validation
-    that finds a true positive then raises AttributeError inside Ultralytics. Both names compute the same integral,
-    so the alias is restored once (numpy only; nothing else changes) when the installed numpy lacks it.
-    """
-    import numpy as np
-
-    if not hasattr(np, "trapz") and hasattr(np, "trapezoid"):
-        np.trapz = np.trapezoid
 
 
 def unregister() -> None:
@@ -659,3 +653,32 @@ def _uninstall_export_hook() -> None:
     orig = getattr(getattr(cls, "__dict__", {}).get("__call__"), "_yolo_attn_orig", None)
     if orig is not None:
         cls.__call__ = orig
+
+
+# --- threads: Ultralytics' select_device applies NUM_THREADS -------------------------------------------------------
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """torch's CPU threads at ``n`` inside the block, also through Ultralytics' ``select_device``.
+
+    ``select_device`` sets ``torch.set_num_threads(NUM_THREADS)`` for CPU training, ``NUM_THREADS`` being
+    min(8, the machine's CPUs - 1) whatever share of the machine the process was given (a Ray task's CPUs): the
+    module's copy of that constant is set to ``n`` too, and both are restored on leaving.
+    """
+    import torch
+
+    if n < 1:
+        raise ValueError(f"cpu_threads needs n >= 1, got {n}")
+    tu = importlib.import_module("ultralytics.utils.torch_utils")
+    if not hasattr(tu, "NUM_THREADS"):
+        raise ImportError(
+            f"yolo_attn needs ultralytics.utils.torch_utils.NUM_THREADS, which the installed Ultralytics "
+            f"{_compat.version()} does not provide; supported: {_compat.SUPPORTED}"
+        )
+    before = tu.NUM_THREADS, torch.get_num_threads()
+    tu.NUM_THREADS = n
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        tu.NUM_THREADS = before[0]
+        torch.set_num_threads(before[1])

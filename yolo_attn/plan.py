@@ -50,6 +50,17 @@ def _file_sha(path: str | os.PathLike | None) -> str | None:
     return h.hexdigest()[:16]
 
 
+def _file_stamp(path: str | os.PathLike | None) -> tuple[int, int, int] | None:
+    """(inode, size, modification time in ns) of a file, None when ``path`` is not one (an Ultralytics name)."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def model_dict(model: str) -> dict | None:
     """The model dict Ultralytics would build ``model`` from (file path or name such as ``yolov8n-dat.yaml``)."""
     from yolo_attn._compat import yaml_model_load
@@ -268,9 +279,19 @@ class Run:
 
     @property
     def key(self) -> str:
-        """16 hex digits of the SHA-256 of :meth:`definition` (the store's identity of this run)."""
-        blob = json.dumps(self.definition(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """16 hex digits of the SHA-256 of :meth:`definition` (the store's identity of this run).
+
+        Computed once and kept while nothing it hashes changes: the fields (compared by value) and the model YAML and
+        pretrained files (compared by size and modification time; their content is what is hashed). The driver asks
+        for the key many times per run, and :meth:`definition` parses the YAML and hashes the weights.
+        """
+        stamp = (repr(dataclasses.astuple(self)), _file_stamp(self.model), _file_stamp(self.pretrained))
+        cached = self.__dict__.get("_key")
+        if cached is None or cached[0] != stamp:
+            blob = json.dumps(self.definition(), sort_keys=True, separators=(",", ":"))
+            cached = (stamp, hashlib.sha256(blob.encode()).hexdigest()[:16])
+            self.__dict__["_key"] = cached  # not a dataclass field: never in to_dict(), ==, or repr
+        return cached[1]
 
     def to_dict(self) -> dict:
         return jsonable(dataclasses.asdict(self))

@@ -10,7 +10,8 @@ file atomically, before the record is appended: a crash in between leaves files 
 redone); :func:`artifact_bytes` reads a record's files back as bytes, for an executor that ships them from a worker
 machine to its driver.
 
-Reading is tolerant: lines written by earlier versions (flat ``latency_ms_b8`` keys, no ``schema``) load into the same
+Reading is tolerant: lines yolo_attn 0.1.0 wrote before its typed run record (flat ``latency_ms_b8`` keys, no
+``schema``; ``tests/data/old-store`` is one, from commit 8ee2a92) load into the same
 :class:`RunRecord`, and keys this version does not know are kept in :attr:`RunRecord.extra` and written back.
 
 Examples:

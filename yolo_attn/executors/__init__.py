@@ -7,7 +7,9 @@ lines with an ETA. A run is recorded only when it has finished, so:
 
 - re-running the same plan skips every key already in the store (``retry_failed=True`` redoes failed ones; the store
   is then compacted atomically to one record per key);
-- a run that was interrupted (Ctrl-C, ``kill -9``, power) left no record and is redone;
+- a run that was interrupted (Ctrl-C, ``kill -9``, power) left no record and is redone; Ctrl-C (``KeyboardInterrupt``)
+  leaves :func:`run_sweep` as :class:`SweepInterrupted`, which says how many runs are recorded (the CLI prints that
+  one line and exits with status 130);
 - a run that raises is recorded as failed with its message and the sweep goes on.
 
 ``<out>/plan.json`` holds the plan and measurement settings (for reading; nothing loads it back), and
@@ -31,6 +33,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -45,7 +48,7 @@ from yolo_attn.executors.local import local_executor
 from yolo_attn.plan import Run, check_eval_splits
 from yolo_attn.store import ResultStore, RunRecord
 
-__all__ = ["Context", "Executor", "PLAN_NAME", "run_sweep"]
+__all__ = ["Context", "Executor", "PLAN_NAME", "SweepInterrupted", "run_sweep"]
 
 LOGGER = logging.getLogger(__name__)
 PLAN_NAME = "plan.json"
@@ -147,6 +150,50 @@ def _mark(out: Path, run: Run, device: str) -> None:
     p.write_text(json.dumps({"key": run.key, "name": run.name, "device": device, "pid": os.getpid(), "t": time.time()}))
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a sweep; the store keeps every run that finished, and the same sweep resumes from it.
+
+    A ``KeyboardInterrupt`` (code that catches that still catches this); ``str()`` is the line to show the user.
+
+    Attributes:
+        recorded: Runs of the plan that have a record in the store (earlier sweeps' included).
+        total: Runs in the plan.
+        out: The sweep's folder.
+
+    Examples:
+        >>> print(SweepInterrupted(3, 8, "out/ablate"))
+        interrupted: 3 of 8 runs recorded in out/ablate; run the same command again to resume
+    """
+
+    def __init__(self, recorded: int, total: int, out: str | os.PathLike):
+        super().__init__(recorded, total, str(out))
+        self.recorded, self.total, self.out = recorded, total, str(out)
+
+    def __str__(self) -> str:
+        return (
+            f"interrupted: {self.recorded} of {self.total} runs recorded in {self.out}; "
+            "run the same command again to resume"
+        )
+
+
+def _interruptible(sweep):
+    """``sweep(plan, out, ...)`` with a ``KeyboardInterrupt`` turned into :class:`SweepInterrupted` (read from the
+    store after the executor has stopped its workers)."""
+
+    @functools.wraps(sweep)
+    def run(plan: Sequence[Run], out: str | os.PathLike, *args, **kwargs):
+        try:
+            return sweep(plan, out, *args, **kwargs)
+        except SweepInterrupted:
+            raise
+        except KeyboardInterrupt:
+            recs = ResultStore(Path(out)).records()
+            raise SweepInterrupted(sum(r.key in recs for r in plan), len(plan), out) from None
+
+    return run
+
+
+@_interruptible
 def run_sweep(
     plan: Sequence[Run],
     out: str | os.PathLike,
@@ -176,6 +223,7 @@ def run_sweep(
     Raises:
         ValueError: A dataset lacks the split its runs are scored on (:attr:`yolo_attn.plan.Run.eval_split`); raised
             before anything is written or trained.
+        SweepInterrupted: Ctrl-C; the runs recorded so far stay, the next call with the same plan resumes.
     """
     check_eval_splits(plan)  # every dataset of the plan, before the first run trains (whichever executor)
     out = Path(out)

@@ -81,7 +81,6 @@ def _probe(paths: list[str], want: dict) -> dict:
     """What a node lacks. Sent by value (see :meth:`RayExecutor.check`), so it runs where yolo_attn is missing."""
     import importlib
     import socket
-    from importlib.metadata import PackageNotFoundError, version
 
     found: dict = {"host": socket.gethostname(), "missing": [], "warnings": []}
     try:
@@ -96,10 +95,10 @@ def _probe(paths: list[str], want: dict) -> dict:
             found["missing"].append(
                 f"yolo_attn {have} with the driver's sources (source digest {digest} here, {want['digest']} on the driver)"
             )
-    for dist in ("torch", "ultralytics"):
+    for dist in ("torch", "ultralytics"):  # the module's own version, as the driver's versions() reads it
         try:
-            v = version(dist)
-        except PackageNotFoundError:
+            v = str(importlib.import_module(dist).__version__)
+        except Exception:
             found["missing"].append(dist)
             continue
         if v != want.get(dist):  # a result may differ; the record's versions say which ran where
@@ -172,8 +171,8 @@ def _task(run_d: dict, key: str, device: str, threads: int, settings: dict, want
     import ray
 
     import yolo_attn
-    from yolo_attn._compat import cpu_threads
     from yolo_attn.execute import execute
+    from yolo_attn.integration import cpu_threads
 
     where = f"{ray.util.get_node_ip_address()}:{device}"
     if yolo_attn.__version__ != want["yolo_attn"] or source_digest() != want["digest"]:  # a node that joined late
@@ -376,15 +375,14 @@ class RayExecutor:
     @staticmethod
     def want() -> dict:
         """What every node must match: yolo_attn's version and source digest (torch / Ultralytics: warnings)."""
-        from importlib.metadata import version
+        from yolo_attn.execute import versions
 
-        import yolo_attn
-
+        have = versions()
         return {
-            "yolo_attn": yolo_attn.__version__,
+            "yolo_attn": have["yolo_attn"],
             "digest": source_digest(),
-            "torch": version("torch"),
-            "ultralytics": version("ultralytics"),
+            "torch": have["torch"],
+            "ultralytics": have["ultralytics"],
         }
 
     @staticmethod

@@ -38,8 +38,9 @@ import torch.nn as nn
 from einops import rearrange
 
 from yolo_attn._compat import Classify, Conv
-from yolo_attn.nn.attention import AttentionLayer, BoTRelPos, attend, check_impl
+from yolo_attn.nn.attention import AttentionLayer, attend, check_impl
 from yolo_attn.nn.common import AttnCSP, check_channels, check_choice, check_int, hidden_width, resolve_heads
+from yolo_attn.nn.rel_pos import BoTRelPos
 from yolo_attn.registry import AttnTap, Probe, register_block
 
 __all__ = ["MHSA", "BoTBottleneck", "BoT", "BoT3", "BoTStage", "Classifier"]
@@ -58,7 +59,7 @@ class MHSA(AttentionLayer):
 
     For query ``i`` at row/column ``(y_i, x_i)`` and key ``j``, with ``q_hat = q * dim_head ** -0.5``:
     ``logit_ij = q_hat_i . k_j + q_hat_i . r_h[c(y_j - y_i)] + q_hat_i . r_w[c(x_j - x_i)]``, softmax over ``j``,
-    where ``c`` clips the offset to ``[-max_rel, max_rel]`` (:class:`~yolo_attn.nn.attention.BoTRelPos`). The tables
+    where ``c`` clips the offset to ``[-max_rel, max_rel]`` (:class:`~yolo_attn.nn.rel_pos.BoTRelPos`). The tables
     are shared by the heads; there is no output projection (the following 1x1 convolution plays that role, as in the
     paper).
 
@@ -115,7 +116,8 @@ class MHSA(AttentionLayer):
         )
 
     def _upgrade_state(self) -> None:
-        # in yolo_attn 0.1 the two tables were MHSA's own parameters (rel_pos_bias_h / _w) next to a max_rel attribute
+        # pickles of yolo_attn 0.1.0 before the attention core (commit a8b5350): the two tables were MHSA's own
+        # parameters (rel_pos_bias_h / _w) next to a max_rel attribute
         if "rel_pos_bias_h" in self._parameters:
             pos = BoTRelPos(self.dim_head, self.__dict__.pop("max_rel"))
             pos.bias_h = self._parameters.pop("rel_pos_bias_h")

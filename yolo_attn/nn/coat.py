@@ -22,7 +22,7 @@ What differs from that code:
 - ``CoAt``'s residual branches end in zero-initialised projections: with ``c1 == c2`` and stride 1 the block is
   exactly the identity at initialisation, so it can be inserted into a trained network.
 - Attention runs through the shared core (:mod:`yolo_attn.nn.attention`) with the bias module
-  :class:`~yolo_attn.nn.attention.CoAtRelPos`: SDPA with the bias as ``attn_mask`` (q pre-scaled, bias cast to q's
+  :class:`~yolo_attn.nn.rel_pos.CoAtRelPos`: SDPA with the bias as ``attn_mask`` (q pre-scaled, bias cast to q's
   dtype), the plain softmax twin, and on CPU the chunked kernel, which runs SDPA's fused kernel forward in bands of
   query rows and a backward that sums the table gradient over equal offsets directly, never holding an ``N x N``
   tensor (PyTorch's CPU SDPA falls back to its ``N x N`` math kernel whenever the mask needs a gradient).
@@ -38,7 +38,7 @@ from timm.layers import ConvMlp, DropPath, LayerNorm2d, SEModule
 from torch import nn
 
 from yolo_attn._compat import Conv
-from yolo_attn.nn.attention import AttentionLayer, CoAtRelPos, attend, check_impl
+from yolo_attn.nn.attention import AttentionLayer, attend, check_impl
 from yolo_attn.nn.common import (
     AttnCSP,
     check_channels,
@@ -48,6 +48,7 @@ from yolo_attn.nn.common import (
     hidden_width,
     resolve_heads,
 )
+from yolo_attn.nn.rel_pos import CoAtRelPos
 from yolo_attn.registry import AttnTap, Probe, register_block
 
 __all__ = ["MBConv", "CoAt", "CoAt3", "CoAtBlock", "CoAtAttention"]
@@ -74,7 +75,7 @@ class CoAtAttention(AttentionLayer):
     """Multi-head self-attention over all pixels with CoAtNet's relative bias (paper Eq. 3).
 
     ``logits[i, j] = (q_i / sqrt(d)) . k_j + w[head, clip(ky - qy), clip(kx - qx)]``
-    (:class:`~yolo_attn.nn.attention.CoAtRelPos`). q, k, v come from one 1x1 conv ``c1 -> 3 * c2`` (the paper's
+    (:class:`~yolo_attn.nn.rel_pos.CoAtRelPos`). q, k, v come from one 1x1 conv ``c1 -> 3 * c2`` (the paper's
     down-sampling block widens inside the attention), followed by a 1x1 output projection. The input is expected
     normalised (and pooled, for stride 2) by :class:`CoAtBlock`.
 
@@ -105,7 +106,8 @@ class CoAtAttention(AttentionLayer):
         self.rel_pos = CoAtRelPos(num_heads, max_rel)
 
     def _upgrade_state(self) -> None:
-        # in yolo_attn 0.1 the table was CoAtAttention's own parameter next to a max_rel attribute
+        # pickles of yolo_attn 0.1.0 before the attention core (commit a8b5350): the table was CoAtAttention's own
+        # parameter next to a max_rel attribute
         if "rel_pos_bias_table" in self._parameters:
             table = self._parameters.pop("rel_pos_bias_table")
             pos = CoAtRelPos(table.shape[0], self.__dict__.pop("max_rel"))

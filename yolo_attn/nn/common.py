@@ -1,4 +1,4 @@
-"""What the block families share besides attention: one vocabulary of argument checks, and the CSP layout.
+"""What the block families share besides attention: one vocabulary of argument checks, the CSP layout, precision.
 
 Every check raises a ``ValueError`` that names the block, the argument and its value, and says what would work: a
 YAML row with a wrong extra then fails with a message Ultralytics' row error can point at, never with an assert or an
@@ -15,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -32,6 +33,8 @@ __all__ = [
     "resolve_heads",
     "AttnCSP",
     "fp16_safe",
+    "compute_dtype",
+    "no_autocast",
 ]
 
 
@@ -155,3 +158,16 @@ def fp16_safe(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.autocast(device, enabled=False):
         y = torch.func.functional_call(module, state, (x.float(),))
     return y.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------- precision
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16 / bf16 -> fp32 for logits, bias and softmax; fp32 and fp64 stay."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Leave autocast for a region that picks its own precision; a no-op when autocast is off (nothing to trace)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -50,7 +50,7 @@ from einops import rearrange
 from timm.layers import DropPath, LayerNorm2d
 
 from yolo_attn._compat import Conv
-from yolo_attn.nn.attention import AttentionLayer, DATRelPos, _onnx_export_opset, attend, cell_centres, check_impl
+from yolo_attn.nn.attention import AttentionLayer, _onnx_export_opset, attend, check_impl
 from yolo_attn.nn.common import (
     AttnCSP,
     check_channels,
@@ -60,6 +60,7 @@ from yolo_attn.nn.common import (
     hidden_width,
     resolve_heads,
 )
+from yolo_attn.nn.rel_pos import DATRelPos, cell_centres
 from yolo_attn.nn.sampling import SAMPLERS, bilinear_sample
 from yolo_attn.registry import AttnTap, Probe, register_block
 
@@ -139,7 +140,7 @@ class DAttention(AttentionLayer):
     ``q = W_q x`` at every pixel; an offset network on ``q`` (per group: depthwise ``k x k`` conv with stride ``r``,
     channel LayerNorm, GELU, bias-free 1x1 to two offsets) moves one reference point per ``r x r`` key cell; ``x`` is
     sampled there (bilinear, fp32), ``k = W_k x~``, ``v = W_v x~``; logits ``q.k / sqrt(d) + bias(displacement)``
-    (:class:`~yolo_attn.nn.attention.DATRelPos`); ``y = W_o softmax(.) v``. Groups share the offset network; each
+    (:class:`~yolo_attn.nn.rel_pos.DATRelPos`); ``y = W_o softmax(.) v``. Groups share the offset network; each
     group's channels are sampled at its own points and the heads of a group use that group's points for the bias.
 
     Args:
@@ -243,7 +244,8 @@ class DAttention(AttentionLayer):
         )
 
     def _upgrade_state(self) -> None:
-        # in yolo_attn 0.1 the tables were DAttention's own parameters, None for the kinds not in use
+        # pickles of yolo_attn 0.1.0 before the attention core (commit a8b5350): the tables were DAttention's own
+        # parameters, None for the kinds not in use
         old = [self._parameters.pop(k, None) for k in ("rel_pos_bias_table", "rel_pos_bias_h", "rel_pos_bias_w")]
         if "rel_pos" in self._modules or "rel_pos" in self.__dict__:
             return
@@ -378,7 +380,9 @@ def _check_stack(block: str, c1: int, c2: int, n: int, level, mlp_ratio: float, 
 
 
 def _is_level(value) -> bool:
-    """A pyramid level as the DAT3 order of yolo_attn 0.1 put it (an int >= 2 or a 'P3' string), never a width ratio."""
+    """A pyramid level where DAT3 rows of yolo_attn 0.1.0 before commit a8b5350 had it (an int >= 2 or 'P3').
+
+    Never a width ratio, which is at most 1."""
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool) and value >= 2)
 
 
@@ -451,8 +455,8 @@ class DAT3(AttnCSP):
 
     YAML: ``[-1, n, DAT3, [c2, e, level, mlp_ratio, drop_path, num_heads, groups]]`` (extras optional), e.g.
     ``[-1, 3, DAT3, [1024, 0.5, 5]]``: the width ratio first, as in BoT3 and CoAt3. Rows written for yolo_attn
-    0.1 put the level first (``[1024, 5]``, ``[256, 3, 0.5]``); a level where ``e`` belongs (an int >= 2 or
-    ``'P3'``; a width ratio is at most 1) is read in that old order, with a ``FutureWarning``, so old YAMLs and the
+    0.1.0 before commit a8b5350 put the level first (``[1024, 5]``, ``[256, 3, 0.5]``); a level where ``e``
+    belongs (an int >= 2 or ``'P3'``; a width ratio is at most 1) is read in that old order, with a ``FutureWarning``, so old YAMLs and the
     YAMLs stored in old checkpoints build the same model.
 
     Args:
@@ -485,15 +489,15 @@ class DAT3(AttnCSP):
     ):
         super().__init__()
         name = type(self).__name__
-        if _is_level(e):  # the order of yolo_attn 0.1: (c1, c2, n, level, e, ...)
+        if _is_level(e):  # the order of yolo_attn 0.1.0 before commit a8b5350: (c1, c2, n, level, e, ...)
             if _is_level(level) and level != 5:
                 raise ValueError(
                     f"{name}: e={e!r} and level={level!r} are both pyramid levels; the arguments are "
                     "(c1, c2, n, e, level, ...) with e a width ratio in (0, 1], e.g. DAT3(c1, c2, n, 0.5, 3)"
                 )
             warnings.warn(
-                f"{name}: e={e!r} is a pyramid level, read in the order of yolo_attn 0.1, (c2, level, e, ...); "
-                f"write the row as [c2, e, level, ...], e.g. [{c2}, {0.5 if _is_level(level) else level}, {e}]",
+                f"{name}: e={e!r} is a pyramid level, read in the order of yolo_attn 0.1.0 (before commit a8b5350), "
+                f"(c2, level, e, ...); write the row as [c2, e, level, ...], e.g. [{c2}, {0.5 if _is_level(level) else level}, {e}]",
                 FutureWarning,
                 stacklevel=2,
             )
