@@ -48,9 +48,9 @@ LOGGER = logging.getLogger("yolo_attn")
 _ROWS = (
     ("map50_95", "mAP50-95", "ultralytics_map50_95"),
     ("map50", "mAP50", "ultralytics_map50"),
-    ("ap_small", "AP small (< 32² px)", None),
-    ("ap_medium", "AP medium", None),
-    ("ap_large", "AP large (> 96² px)", None),
+    ("ap_small", "AP small (< 32² px)", "ours_ap_small"),
+    ("ap_medium", "AP medium", "ours_ap_medium"),
+    ("ap_large", "AP large (> 96² px)", "ours_ap_large"),
 )
 
 
@@ -75,6 +75,11 @@ class CocoCheck:
         ap_large: ... > 96² px.
         ultralytics_map50_95: Ultralytics' mAP50-95 of the same validation.
         ultralytics_map50: Ultralytics' mAP50.
+        ours_ap_small: yolo_attn's AP50-95 of the small stratum from the same validation's per-image matches
+            (:mod:`yolo_attn.capture`, :func:`yolo_attn.stats.map_scores` with ``stratum``: Ultralytics' matching and
+            AP, COCO's area bounds and ignore rules), what the report's size strata use; None: no such label.
+        ours_ap_medium: ... medium.
+        ours_ap_large: ... large.
     """
 
     weights: str
@@ -93,6 +98,9 @@ class CocoCheck:
     ap_large: float | None
     ultralytics_map50_95: float
     ultralytics_map50: float
+    ours_ap_small: float | None = None
+    ours_ap_medium: float | None = None
+    ours_ap_large: float | None = None
 
     @property
     def diff_map50_95(self) -> float:
@@ -260,15 +268,18 @@ def coco_check(
     """
     import yolo_attn
     from yolo_attn._compat import YOLO, img2label_paths, validator_state
+    from yolo_attn.capture import ValidationCapture
 
     yolo_attn.register()
     seen: dict[str, Any] = {}
+    capture = ValidationCapture()
     with tempfile.TemporaryDirectory(prefix="yolo_attn_coco_") as tmp:
         project = Path(keep) if keep is not None else Path(tmp)
         model = YOLO(str(weights))
         model.add_callback("on_val_end", lambda validator: seen.update(validator_state(validator)))
         for event, fn in (callbacks or {}).items():
             model.add_callback(event, fn)
+        model.add_callback("on_val_start", capture.on_val_start)  # after the caller's: it sees what they set up
         metrics = model.val(
             data=str(data),
             split=split,
@@ -309,11 +320,24 @@ def coco_check(
         ultralytics_map50_95=float(metrics.box.map),
         ultralytics_map50=float(metrics.box.map50),
         **coco,
+        **_our_strata(capture.matches()),
     )
 
 
+def _our_strata(matches: Any) -> dict[str, float | None]:
+    """AP50-95 per size stratum from the captured matches (None for a stratum without labels)."""
+    from yolo_attn.stats import STRATA, map_scores
+
+    out: dict[str, float | None] = {}
+    for s in STRATA:
+        scores = map_scores(matches, stratum=s) if matches is not None else None
+        out[f"ours_ap_{s}"] = float(scores.map50_95) if scores is not None and len(scores.classes) else None
+    return out
+
+
 def format_check(result: CocoCheck) -> str:
-    """A Markdown table: each metric from faster-coco-eval and from Ultralytics, and their difference."""
+    """A Markdown table: each metric from faster-coco-eval and from Ultralytics (the size strata: yolo_attn's, from the
+    same validation's matches), and their difference."""
     from yolo_attn.markdown import table
 
     rows = []
@@ -333,4 +357,4 @@ def format_check(result: CocoCheck) -> str:
         f"imgsz {result.imgsz}: {result.n_predictions} predictions (conf >= {result.conf:g}, <= {result.max_det} per "
         f"image), scored by both\n\n"
     )
-    return head + table(["metric", "faster-coco-eval", "Ultralytics", "difference"], rows)
+    return head + table(["metric", "faster-coco-eval", "Ultralytics / yolo_attn strata", "difference"], rows)
