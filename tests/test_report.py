@@ -322,7 +322,7 @@ RESULTS_COLUMNS = (
     "key,name,status,baseline,base,block,family,position,args,seed,map50,map50_95,precision,recall,d_map50_95,"
     "d_map50_95_low,d_map50_95_high,d_map50,d_map50_low,d_map50_high,verdict_map50_95,verdict_map50,params,gflops,"
     "gflops_ultralytics,gflops_imgsz,latency_ms_b1,peak_mb_b1,bench_batch,bench_imgsz,bench_device,imgsz,epochs,"
-    "train_s,wall_s,device,data,train,pretrained,error,started,finished,model,inserted,pretrained_run,eval_split,pid,cpu_s,"
+    "train_s,wall_s,device,data,train,pretrained,error,started,finished,model,inserted,pretrained_run,eval_split,warm_new_blocks,pid,cpu_s,"
     "model_yaml,save_dir,weights,log,fitness,measure_error,fuse_error,latency_ms_b8,peak_mb_b8,baseline_key,"
     "d_gflops,d_params,d_latency_ms_b1,config"
 )
@@ -578,3 +578,15 @@ def test_a_comparator_family_is_named_with_where_its_module_comes_from(tmp_path)
     line = next(x for x in text.splitlines() if x.startswith("- comparator `psa`"))
     assert "Ultralytics" in line and "PSA" in line and "trained with Ultralytics y" in line  # the record's version
     assert "comparator `bot`" not in text
+
+
+def test_a_warm_started_variant_is_its_own_configuration(tmp_path):
+    """--warm-new-blocks: the same block and position with and without the warm stage are compared apart."""
+    s = ResultStore(tmp_path / STORE_NAME)
+    for seed in (0, 1):
+        s.append(_rec("yolov8n", seed, 0.30, 8.7, 8.7, baseline=True))
+        s.append(_rec("yolov8n-bot-neck", seed, 0.31, 9.5, 9.0, "BoT", "bot", "neck"))
+        s.append(_rec("yolov8n-bot-neck+warm2", seed, 0.33, 9.5, 9.0, "BoT", "bot", "neck", warm_new_blocks=2))
+    by = {c.config: c for c in summarize(load_records(tmp_path))}
+    assert by["bot@neck"].delta["map50_95"].mean == pytest.approx(0.01)
+    assert by["bot@neck+warm2"].delta["map50_95"].mean == pytest.approx(0.03)

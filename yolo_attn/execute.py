@@ -137,6 +137,7 @@ def _record(run: Run, device: str) -> RunRecord:
         pretrained=run.pretrained,
         pretrained_run=run.pretrained_run,
         eval_split=run.eval_split,
+        warm_new_blocks=run.warm_new_blocks,
         device=str(device),
         started=_now(),
         pid=os.getpid(),

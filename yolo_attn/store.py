@@ -84,6 +84,7 @@ class RunRecord:
         eval_split: Dataset split the final validation scored: the recorded mAP, precision, recall and per-image
             matches are this split's (``best.pt`` is chosen on ``val`` whatever it is). Records written before the
             field existed read as ``"val"``.
+        warm_new_blocks: Epochs that trained only the inserted blocks before the run's schedule (0: none).
         device: Device the run trained on.
         pid: Process that executed the run.
         started: Local start time, ``YYYY-mm-ddTHH:MM:SS``.
@@ -156,6 +157,7 @@ class RunRecord:
     pretrained: str | None = None
     pretrained_run: str | None = None
     eval_split: str = "val"
+    warm_new_blocks: int = 0
     # where and when
     device: str | None = None
     pid: int | None = None

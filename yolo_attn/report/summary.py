@@ -372,7 +372,8 @@ def _config_label(r: RunRecord) -> str:
         return f"{stem(r)} (baseline)"
     if r.position and r.block:
         extra = r.args or []
-        return f"{r.family or r.block}@{r.position}" + (f"[{','.join(map(str, extra))}]" if extra else "")
+        label = f"{r.family or r.block}@{r.position}" + (f"[{','.join(map(str, extra))}]" if extra else "")
+        return label + (f"+warm{r.warm_new_blocks}" if r.warm_new_blocks else "")
     return stem(r)
 
 
@@ -416,7 +417,15 @@ def summarize(records: Iterable[RunRecord | Mapping | RunView]) -> list[ConfigSu
     for v in views:
         r = v.record
         if r.ok:
-            ident = (group(r), stem(r), bool(r.baseline), r.family or r.block, r.position, json.dumps(r.args or []))
+            ident = (
+                group(r),
+                stem(r),
+                bool(r.baseline),
+                r.family or r.block,
+                r.position,
+                json.dumps(r.args or []),
+                r.warm_new_blocks,
+            )
             by_config[ident].append(v)
     out = [_summary(ident[0], tuple(vs)) for ident, vs in by_config.items()]
     order = list(dict.fromkeys(group(v.record) for v in views))  # failed runs count: the store's order of groups
