@@ -277,9 +277,11 @@ def coco_check(
         project = Path(keep) if keep is not None else Path(tmp)
         model = YOLO(str(weights))
         model.add_callback("on_val_end", lambda validator: seen.update(validator_state(validator)))
+        # the capture first: a caller's callback that wraps the validator's update_metrics too then wraps the
+        # capture's, which sees the predictions the caller hands on (what Ultralytics scores)
+        model.add_callback("on_val_start", capture.on_val_start)
         for event, fn in (callbacks or {}).items():
             model.add_callback(event, fn)
-        model.add_callback("on_val_start", capture.on_val_start)  # after the caller's: it sees what they set up
         metrics = model.val(
             data=str(data),
             split=split,
