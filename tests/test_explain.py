@@ -192,6 +192,21 @@ def test_cli_writes_figures(registered, tmp_path, shapes_data):
     assert _png_size(png) == (2 * 320, 320)  # a model without blocks: detections and CAM
 
 
+def test_figures_without_the_grad_cam_library_say_how_to_get_it(registered, tmp_path, shapes_data, monkeypatch, caplog):
+    """grad-cam is an extra: without it the figure is still drawn, its CAM panel names the install."""
+    import sys
+
+    from yolo_attn.explain import explain, figures
+
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # import fails as when it is not installed
+    val = Path(shapes_data).parent / "images" / "val"
+    x = torch.zeros(1, 3, 64, 64)
+    assert figures.eigencam(torch.nn.Identity(), x, torch.nn.Identity()) is None
+    [png] = explain(["yolov8n.yaml"], val, tmp_path / "figs", imgsz=64, max_images=1)
+    assert _png_size(png) == (2 * 320, 320)
+    assert "grad-cam" in caplog.text
+
+
 def test_utilisation_round_trips_in_the_record():
     from yolo_attn.store import RunRecord
 

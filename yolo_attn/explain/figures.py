@@ -117,9 +117,18 @@ class _RawOutput(nn.Module):
         return y[0] if isinstance(y, (list, tuple)) else y
 
 
-def eigencam(net: nn.Module, x: torch.Tensor, layer: nn.Module) -> np.ndarray:
-    """EigenCAM (``pytorch_grad_cam``) of ``layer`` for the batch ``x``: ``(B, H, W)`` in [0, 1] at the input size."""
-    from pytorch_grad_cam import EigenCAM
+#: What the CAM panel says when the ``grad-cam`` library is not installed (the rest of the figure is drawn).
+NO_CAM = "EigenCAM needs the grad-cam library:\npip install 'yolo-attn[explain]'"
+
+
+def eigencam(net: nn.Module, x: torch.Tensor, layer: nn.Module) -> np.ndarray | None:
+    """EigenCAM (``pytorch_grad_cam``) of ``layer`` for the batch ``x``: ``(B, H, W)`` in [0, 1] at the input size;
+    None when the ``grad-cam`` library is not installed (figures then say so in the CAM panel)."""
+    try:
+        from pytorch_grad_cam import EigenCAM
+    except ImportError:
+        LOGGER.warning("explain: the grad-cam library is not installed, figures go without EigenCAM (%s)", NO_CAM)
+        return None
 
     cam = EigenCAM(_RawOutput(net), target_layers=[layer])
     try:
@@ -142,7 +151,7 @@ class _ModelView:
     name: str
     names: dict
     dets: torch.Tensor
-    cam: np.ndarray
+    cam: np.ndarray | None
     blocks: list[tuple[Block, BlockUse, LayerView | None]]
 
 
@@ -176,7 +185,8 @@ def _views(net: nn.Module, name: str, x: torch.Tensor, cam_layer: int | None, co
         layers = [blk.attention_layers() for blk in blocks]
         views = [cap.views.get(ls[-1]) if ls else None for ls in layers]  # the deepest attention layer of a block
         names = getattr(net, "names", None) or {}
-        out.append(_ModelView(name, names, detect(raw, conf)[0], cams[b], list(zip(blocks, uses, views))))
+        cam = cams[b] if cams is not None else None
+        out.append(_ModelView(name, names, detect(raw, conf)[0], cam, list(zip(blocks, uses, views))))
     return out
 
 
@@ -241,7 +251,10 @@ def _figure(image: np.ndarray, views: list[_ModelView], path: Path, panel: int) 
         ax.set_title(f"{v.name}\n{len(v.dets)} detections{shown}", fontsize=8)
         ax = axes[r][1]
         ax.imshow(image)
-        ax.imshow(v.cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        if v.cam is not None:
+            ax.imshow(v.cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        else:
+            ax.text(0.5, 0.5, NO_CAM, ha="center", va="center", fontsize=7, transform=ax.transAxes, wrap=True)
         ax.set_title(f"{v.name}\nEigenCAM", fontsize=8)
         centres = _centres(v.dets, hw)
         if not v.blocks and ncols > 2:
