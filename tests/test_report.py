@@ -495,7 +495,9 @@ def test_utilisation_table_from_records(tmp_path):
     paths = write_report(tmp_path)
     md = paths["markdown"].read_text()
     assert "Block use after training" in md
-    assert re.search(r"\| bot@neck +\| BoT +\| +16 \| P3 +\| +2 \| +2\.1% ± 0\.1% \| +0\.4% \|.*bn_gamma 0\.010", md)
+    assert re.search(
+        r"\| bot@neck +\| BoT +\| +16 \| P3 +\| +2 \| +2\.1% ± 0\.1% \| +0\.4% \|.*bn_gamma 0\.01 ± 0 ", md
+    )
     assert re.search(r"\| bot@neck +\| BoT +\| +20 \| P4 +\| +2 \| +4\.0% ± 0\.0% \|", md)
     assert re.search(r"\| bot@neck +\| mAP50-95 .*\| bot: branch 2\.1% of input at P3, 4\.0% at P4 +\|", md)
     summ = {r["config"]: r for r in csv.DictReader(paths["summary_csv"].open())}

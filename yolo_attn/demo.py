@@ -57,7 +57,7 @@ __all__ = [
 
 #: Sizes of the main job, chosen to finish in about 10 minutes on 2 quiet CPU cores (measured in CPU seconds on a
 #: busy machine: stage 1 about 90, each continued run about 45 with its worker's start-up; the 16 continued runs of 4
-#: seeds run two at a time; measured end to end: 12 min 44 s, 739 CPU s, with another job on the machine). 400 validation images: validation is cheap at 64 px (about 3 s
+#: seeds run two at a time; measured end to end: 14 min 26 s, 697 CPU s, with the test suite running beside it; the report with strata and explain figures included). 400 validation images: validation is cheap at 64 px (about 3 s
 #: per run) and with 200 the image interval was as wide as the seed interval.
 DEMO = {"epochs": 30, "finetune_epochs": 10, "imgsz": 64, "n_train": 256, "n_val": 400}
 #: Seeds of the continued runs: three is the fewest that give a seed interval (the verdict needs one); four fit the

@@ -209,7 +209,13 @@ def _pct(s: Spread, std: bool = True) -> str:
 
 
 def _gates(u: BlockUseSummary) -> str:
-    return ", ".join(f"{k} {pm(v, 3)}" for k, v in u.gates.items() if v.mean is not None) or "-"
+    """Gates with three significant digits: a zero-initialised projection's mean |w| is often 1e-5 (0.000 with a fixed
+    number of decimals would read as "never moved" next to a branch at 10%)."""
+
+    def g3(s: Spread) -> str:
+        return f"{s.mean:.3g}" + (f" ± {s.std:.2g}" if s.std is not None else "")
+
+    return ", ".join(f"{k} {g3(v)}" for k, v in u.gates.items() if v.mean is not None) or "-"
 
 
 #: The utilisation table: one row per configuration and block row (:class:`BlockUseSummary`).
