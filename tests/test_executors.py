@@ -189,7 +189,9 @@ def test_ctrl_c_says_what_is_recorded_and_exits_130(tmp_path, shapes_data):
     from yolo_attn.data import make_shapes_dataset
 
     out = tmp_path / "sweep"
-    other = str(make_shapes_dataset(tmp_path / "other" / "shapes", n_train=32, n_val=8, imgsz=64, seed=1))  # longer
+    # run 2 trains long (it is interrupted, so its length costs nothing): the SIGINT must land while it trains, on a
+    # quiet machine too (with 32 images it could finish between the marker and the signal)
+    other = str(make_shapes_dataset(tmp_path / "other" / "shapes", n_train=512, n_val=8, imgsz=64, seed=1))
     cmd = [sys.executable, "-m", "yolo_attn.cli", "ablate", "--data", shapes_data, other, "--out", str(out)]
     cmd += ["--models", "yolov8n.yaml", *CLI_FAST, *(f"{k}={v}" for k, v in TRAIN.items())]
     env = subprocess_env(YOLO_ATTN_PLUGINS="contract_blocks")

@@ -261,7 +261,10 @@ def test_local_yaml_is_never_shadowed_by_packaged_copy(fresh, tmp_path, monkeypa
 
 
 def test_repo_cfg_lookup_from_any_directory(tmp_path, monkeypatch, registered):
-    files = sorted(integration.cfg_dir().glob("yolov8-*.yaml"))
+    from yolo_attn.registry import unavailable
+
+    missing = unavailable()  # families this Ultralytics cannot build (area on 8.3.65)
+    files = [f for f in sorted(integration.cfg_dir().glob("yolov8-*.yaml")) if f.stem.split("-")[1] not in missing]
     if not files:
         pytest.skip("no packaged model YAMLs yet")
     from ultralytics import YOLO
