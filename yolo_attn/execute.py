@@ -282,17 +282,22 @@ def _warm_stage(run: Run, rec: RunRecord, model_path: str, out: Path, device: st
         model.add_callback("on_pretrain_routine_start", load)
         model.add_callback("on_pretrain_routine_end", count)
     frozen = [i for i in range(len(model.model.model)) if i not in rows]
-    model.train(
+    _train(model, run, out, device, run.pretrained, "-warm", epochs=run.warm_new_blocks, freeze=frozen)
+    return str(model.trainer.last)
+
+
+def _train(model: Any, run: Run, out: Path, device: str, pretrained: str | None, suffix: str = "", **over: Any) -> Any:
+    """``model.train`` with the run's data, seed and overrides, into ``<out>/runs/<name>-<key[:8]><suffix>``."""
+    return model.train(
         data=run.data,
         seed=run.seed,
         device=device,
         project=str((out / "runs").resolve()),
-        name=f"{run.name}-{run.key[:8]}-warm",
+        name=f"{run.name}-{run.key[:8]}{suffix}",
         exist_ok=True,
-        pretrained=run.pretrained or False,
-        **{"plots": False, **run.train, "epochs": run.warm_new_blocks, "freeze": frozen},
+        pretrained=pretrained or False,
+        **{"plots": False, **run.train, **over},
     )
-    return str(model.trainer.last)
 
 
 def _validate_best(run: Run, rec: RunRecord, trainer: Any, out: Path, device: str) -> tuple[Any, dict]:
@@ -419,16 +424,7 @@ def execute(
         if run.eval_split == DEFAULT_EVAL_SPLIT:  # else best.pt is validated on the split after training
             model.add_callback("on_val_start", capture.on_val_start)
         t_train = time.time()
-        metrics = model.train(
-            data=run.data,
-            seed=run.seed,
-            device=device,
-            project=str((out / "runs").resolve()),
-            name=f"{run.name}-{run.key[:8]}",
-            exist_ok=True,
-            pretrained=pretrained or False,
-            **{"plots": False, **run.train},
-        )
+        metrics = _train(model, run, out, device, pretrained)
         rec.train_s = time.time() - t_train
         for k, v in _metrics(metrics, model.trainer).items():
             setattr(rec, k, v)
