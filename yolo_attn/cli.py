@@ -91,6 +91,21 @@ def _measure(a: argparse.Namespace):
     return Measure(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Measure)})
 
 
+def _sweep_executor(a: argparse.Namespace) -> tuple[list[str] | None, object, tuple[type, ...]]:
+    """``ablate`` / ``search``: the local devices, or a Ray executor (with the errors that mean "no usable cluster")."""
+    devices = [d for chunk in a.devices for d in chunk.split(";") if d] if a.devices else None
+    if a.ray is None:
+        return devices, None, ()
+    if devices:
+        raise ValueError("--devices is for this machine's devices; with --ray give --gpus-per-run / --cpus-per-run")
+    from yolo_attn.executors.ray import RayEnvironmentError, RayExecutor
+
+    # options only ``ablate`` has (search keeps the executor's defaults)
+    extra = {k: getattr(a, f"ray_{k}") for k in ("retries", "weights", "ship_package") if hasattr(a, f"ray_{k}")}
+    executor = RayExecutor(a.ray or None, cpus_per_run=a.cpus_per_run, gpus_per_run=a.gpus_per_run, **extra)
+    return devices, executor, (ImportError, RayEnvironmentError)
+
+
 def _cmd_ablate(a: argparse.Namespace) -> int:
     import yaml
 
@@ -121,22 +136,7 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
         for i, r in enumerate(plan, 1):
             print(f"{i:3d}/{len(plan)} {r.key} {r.name} seed={r.seed}{' (baseline)' if r.baseline else ''}")
         return 0
-    devices = [d for chunk in a.devices for d in chunk.split(";") if d] if a.devices else None
-    executor, cluster_errors = None, ()
-    if a.ray is not None:
-        if devices:
-            raise ValueError("--devices is for this machine's devices; with --ray give --gpus-per-run / --cpus-per-run")
-        from yolo_attn.executors.ray import RayEnvironmentError, RayExecutor
-
-        executor = RayExecutor(
-            a.ray or None,
-            cpus_per_run=a.cpus_per_run,
-            gpus_per_run=a.gpus_per_run,
-            retries=a.ray_retries,
-            weights=a.ray_weights,
-            ship_package=a.ray_ship_package,
-        )
-        cluster_errors = (ImportError, RayEnvironmentError)
+    devices, executor, cluster_errors = _sweep_executor(a)
     try:
         recs = run_sweep(
             plan, a.out, devices=devices, retry_failed=a.retry_failed, settings=_measure(a), executor=executor
@@ -168,15 +168,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
         name, _, val = item.partition(":")
         v = yaml.safe_load(val) if val else []
         block_args[name] = v if isinstance(v, list) else [v]
-    devices = [d for chunk in a.devices for d in chunk.split(";") if d] if a.devices else None
-    executor, cluster_errors = None, ()
-    if a.ray is not None:
-        if devices:
-            raise ValueError("--devices is for this machine's devices; with --ray give --gpus-per-run / --cpus-per-run")
-        from yolo_attn.executors.ray import RayEnvironmentError, RayExecutor
-
-        executor = RayExecutor(a.ray or None, cpus_per_run=a.cpus_per_run, gpus_per_run=a.gpus_per_run)
-        cluster_errors = (ImportError, RayEnvironmentError)
+    devices, executor, cluster_errors = _sweep_executor(a)
     try:
         outcome = search(
             a.data,
